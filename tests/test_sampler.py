@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CAMERA
+from vla import keys
+from vla.datasets.sampler import (
+    EpochSampler,
+    WindowDataset,
+    WindowSpec,
+    collate,
+    make_datasets,
+    split_episodes,
+)
+from vla.datasets.stats import get_stats
+from vla.datasets.store import TrajectoryStore
+from vla.errors import UserError
+
+WINDOW = WindowSpec(history=3, chunk=4, foresight_offset=2)
+
+# Episode 0 has 5 steps (0..4). Per anchor step: (observation steps, obs pads, action steps, action pads,
+# future step, future pad), written out by hand.
+TRUTH = {
+    0: ([0, 0, 0], [1, 1, 0], [0, 1, 2, 3], [0, 0, 0, 0], 2, 0),
+    1: ([0, 0, 1], [1, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0], 3, 0),
+    2: ([0, 1, 2], [0, 0, 0], [2, 3, 4, 4], [0, 0, 0, 1], 4, 0),
+    3: ([1, 2, 3], [0, 0, 0], [3, 4, 4, 4], [0, 0, 1, 1], 4, 1),
+    4: ([2, 3, 4], [0, 0, 0], [4, 4, 4, 4], [0, 1, 1, 1], 4, 1),
+}
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_windows_match_truth_table(small_store, cache_bytes):
+    ds = WindowDataset(str(small_store), WINDOW, episodes=np.array([0]), cache_bytes=cache_bytes)
+    assert len(ds) == 5
+    for t, (obs, obs_pad, act, act_pad, fut, fut_pad) in TRUTH.items():
+        item = ds[t]
+        # state[:, 1] and the image's green channel hold the step index; action = state + 100
+        np.testing.assert_array_equal(item[keys.OBS_STATE][:, 1], obs)
+        np.testing.assert_array_equal(item[keys.pad_key(keys.OBS_STATE)], np.array(obs_pad, bool))
+        np.testing.assert_array_equal(item[CAMERA][:, 0, 0, 1], obs)
+        np.testing.assert_array_equal(item[keys.pad_key(CAMERA)], np.array(obs_pad, bool))
+        np.testing.assert_array_equal(item[keys.ACTION][:, 1], np.array(act) + 100)
+        np.testing.assert_array_equal(item[keys.pad_key(keys.ACTION)], np.array(act_pad, bool))
+        assert item[keys.future_key(CAMERA)][0, 0, 1] == fut
+        assert bool(item[keys.pad_key(keys.future_key(CAMERA))]) == bool(fut_pad)
+        assert item[keys.INSTRUCTION] == "do thing 0"
+
+
+def test_windows_never_cross_episodes(small_store):
+    ds = WindowDataset(str(small_store), WINDOW)
+    for i in range(len(ds)):
+        item = ds[i]
+        episode = item["episode_index"]
+        assert (item[keys.OBS_STATE][:, 0] == episode).all()
+        assert (item[keys.ACTION][:, 0] == episode + 100).all()
+        assert item[keys.future_key(CAMERA)][0, 0, 0] == episode
+
+
+def test_split_is_disjoint_and_deterministic():
+    for n in (2, 7, 50):
+        train, val = split_episodes(n, 0.2, seed=3)
+        assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(n))
+        assert len(val) >= 1 and len(train) >= 1
+        again = split_episodes(n, 0.2, seed=3)
+        np.testing.assert_array_equal(train, again[0])
+    assert len(split_episodes(10, 0.0)[1]) == 0
+
+
+def test_datasets_split_by_episode(small_store):
+    train, val = make_datasets(str(small_store), WINDOW, val_fraction=0.34, seed=1)
+    train_eps = {train[i]["episode_index"] for i in range(len(train))}
+    val_eps = {val[i]["episode_index"] for i in range(len(val))}
+    assert train_eps.isdisjoint(val_eps) and len(train_eps | val_eps) == 6
+
+
+def test_shuffle_order_is_a_function_of_seed_and_epoch():
+    a, b = EpochSampler(100, seed=5), EpochSampler(100, seed=5)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert list(a) == list(b)
+    b.set_epoch(4)
+    assert list(a) != list(b)
+    assert sorted(a) == list(range(100))
+    assert list(EpochSampler(100, seed=6)) != list(EpochSampler(100, seed=5))
+
+
+def test_dataloader_with_workers(small_store):
+    ds = WindowDataset(str(small_store), WINDOW)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=8, sampler=EpochSampler(len(ds)), num_workers=2, collate_fn=collate
+    )
+    batches = list(loader)
+    assert sum(len(b["instruction"]) for b in batches) == len(ds)
+    batch = batches[0]
+    assert batch[CAMERA].shape == (8, 3, 8, 8, 3) and batch[CAMERA].dtype == torch.uint8
+    assert batch[keys.ACTION].shape == (8, 4, 4)
+    assert batch[keys.pad_key(keys.ACTION)].dtype == torch.bool
+
+
+def test_stats_match_numpy_and_are_cached(small_store):
+    store = TrajectoryStore.open(small_store)
+    stats = get_stats(store)
+    state = np.concatenate([store.episode(i)[keys.OBS_STATE] for i in range(6)])
+    np.testing.assert_allclose(stats[keys.OBS_STATE]["mean"], state.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats[keys.OBS_STATE]["std"], state.std(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats[keys.OBS_STATE]["q99"], np.percentile(state, 99, axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(stats[keys.ACTION]["min"], state.min(0) + 100)
+    assert stats[CAMERA]["mean"].shape == (3,)  # per channel
+    assert TrajectoryStore.open(small_store).attrs["stats"]["num_steps"] == store.num_steps  # cached on disk
+    from tests.conftest import add_synthetic
+
+    with TrajectoryStore.open(small_store, mode="a") as writer:
+        add_synthetic(writer, 6, 20)
+    grown = get_stats(TrajectoryStore.open(small_store))
+    assert grown[keys.OBS_STATE]["max"][1] == 19  # recomputed after the append
+
+
+def test_window_spec_validates():
+    with pytest.raises(UserError, match="history"):
+        WindowSpec(history=0)

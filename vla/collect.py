@@ -1,0 +1,220 @@
+"""`vla collect`: scripted-expert demonstrations from a suite into a trajectory store.
+
+Every episode's seed is a pure function of (seed, suite, split, task, attempt), and attempts are
+written in order, so the same seed gives the same store and a re-run resumes: attempts whose
+seeds are already stored are skipped, and collection continues after the last stored attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from vla import envs, keys
+from vla.datasets.store import StoreError, TrajectoryStore
+from vla.envs.rollout import Episode, run_episode
+from vla.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectConfig:
+    suite: str = "metaworld"
+    tasks: str = "mt10"  # a group name, "all", or comma-separated task names
+    episodes_per_task: int = 20  # successful episodes to keep per task (all episodes with keep_failures)
+    out: str = "data/demos.zarr"
+    image_size: int = 64
+    cameras: str | None = None  # comma-separated; None: the suite's defaults
+    split: str = "train"
+    workers: int = 1
+    seed: int = 0
+    steps_after_success: int = 10  # keep this many steps after the first success, then end the episode
+    max_steps: int | None = None  # None: the suite's own episode limit
+    keep_failures: bool = False
+    append: bool = False
+    max_attempts_per_task: int | None = None  # None: 4x episodes_per_task + 10
+
+    def __post_init__(self):
+        if self.episodes_per_task < 1:
+            raise UserError(f"--episodes-per-task must be >= 1, got {self.episodes_per_task}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if not 16 <= self.image_size <= 1024:
+            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
+
+
+@dataclass
+class TaskReport:
+    task: str
+    kept: int = 0
+    attempted: int = 0  # attempts run in this invocation
+    succeeded: int = 0  # of those, how many the expert solved
+    resumed: int = 0  # episodes already in the store
+
+    @property
+    def expert_success_rate(self) -> float | None:
+        return self.succeeded / self.attempted if self.attempted else None
+
+
+@dataclass
+class CollectReport:
+    out: str
+    tasks: list[TaskReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def episodes_written(self) -> int:
+        return sum(t.kept - t.resumed for t in self.tasks)
+
+
+def episode_seed(seed: int, suite: str, split: str, task: str, attempt: int) -> int:
+    """A 31-bit seed, the same on every machine for the same arguments."""
+    key = zlib.crc32(f"{suite}/{split}/{task}".encode())
+    return int(np.random.SeedSequence([seed, key, attempt]).generate_state(1)[0] >> 1)
+
+
+# --- worker side: envs are built once per (task) in each worker process ------------------------
+_worker_envs: dict = {}
+
+
+def _episode_job(job: tuple) -> Episode:
+    suite_name, task, split, image_size, cameras, max_steps, steps_after_success, seed = job
+    if task not in _worker_envs:
+        suite = envs.get_suite(suite_name)
+        env = suite.make_env(task, image_size=image_size, cameras=cameras, split=split, max_episode_steps=max_steps)
+        _worker_envs[task] = (env, suite.make_expert(env))
+    env, expert = _worker_envs[task]
+    expert.reset(seed)
+    # The env truncates at its own episode limit (or max_steps); the rollout bound is only a backstop.
+    return run_episode(env, expert.act, seed, max_steps or 100_000, steps_after_success)
+
+
+def _close_worker_envs() -> None:
+    for env, _ in _worker_envs.values():
+        env.close()
+    _worker_envs.clear()
+
+
+# --- main side ---------------------------------------------------------------------------------
+def _open_or_create(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[str, ...]) -> TrajectoryStore:
+    """Validate everything, then create or open the store: bad input never leaves a half-made store."""
+    probe = suite.make_env(tasks[0], image_size=cfg.image_size, cameras=cameras, split=cfg.split)
+    try:
+        specs, fps = probe.unwrapped.feature_specs(), probe.unwrapped.fps
+    finally:
+        probe.close()
+    recipe = {k: v for k, v in asdict(cfg).items() if k in ("suite", "split", "image_size", "seed")}
+    recipe["cameras"] = list(cameras)
+    try:
+        store = TrajectoryStore.open(cfg.out, mode="a")
+    except StoreError:
+        if TrajectoryStore.exists(cfg.out):
+            raise
+        return TrajectoryStore.create(cfg.out, specs, fps=fps, kind="robot", extra_attrs={"collect": recipe})
+    if store.specs != specs:
+        store.close()
+        raise StoreError(f"{cfg.out} has another schema ({sorted(store.specs)}); collect into a new path")
+    if store.attrs.get("collect") != recipe and not cfg.append:
+        store.close()
+        raise StoreError(
+            f"{cfg.out} already exists (made with {store.attrs.get('collect')}); "
+            "pass --append to add to it, or choose another path"
+        )
+    return store
+
+
+def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
+    """Collect `episodes_per_task` expert episodes per task into `cfg.out` (resuming what is there)."""
+    import time
+
+    suite = envs.get_suite(cfg.suite)
+    tasks = envs.resolve_tasks(suite, cfg.tasks)
+    cameras = envs.resolve_cameras(suite, cfg.cameras)
+    split = envs.resolve_split(suite, cfg.split)
+    store = _open_or_create(cfg, suite, tasks, cameras)
+    report = CollectReport(cfg.out)
+    start = time.perf_counter()
+    pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
+    run = pool.imap if pool else map
+    bar = tqdm(total=cfg.episodes_per_task * len(tasks), unit="ep", disable=not progress, desc="collect")
+    try:
+        for task in tasks:
+            report.tasks.append(_collect_task(cfg, store, task, split, cameras, run, bar))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+        _close_worker_envs()
+        store.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _collect_task(cfg, store, task, split, cameras, run, bar) -> TaskReport:
+    seeds = lambda a: episode_seed(cfg.seed, cfg.suite, split, task, a)  # noqa: E731
+    max_attempts = cfg.max_attempts_per_task or 4 * cfg.episodes_per_task + 10
+    stored = set(store.meta(keys.SEED)[store.meta(keys.TASK) == task].tolist())
+    done_attempts = [a for a in range(max_attempts) if seeds(a) in stored]
+    report = TaskReport(task, kept=len(done_attempts), resumed=len(done_attempts))
+    bar.update(min(report.kept, cfg.episodes_per_task))
+    attempt = done_attempts[-1] + 1 if done_attempts else 0
+    while report.kept < cfg.episodes_per_task and attempt < max_attempts:
+        need = cfg.episodes_per_task - report.kept
+        batch = range(attempt, min(attempt + max(need, cfg.workers), max_attempts))
+        jobs = [
+            (
+                cfg.suite,
+                task,
+                split,
+                cfg.image_size,
+                cameras,
+                cfg.max_steps,
+                cfg.steps_after_success,
+                seeds(a),
+            )
+            for a in batch
+        ]
+        for episode in run(_episode_job, jobs):
+            attempt += 1
+            report.attempted += 1
+            report.succeeded += episode.success
+            if episode.success or cfg.keep_failures:
+                store.add_episode(
+                    episode.data,
+                    instruction=episode.instruction,
+                    task=task,
+                    success=episode.success,
+                    seed=episode.seed,
+                    source="expert",
+                )
+                report.kept += 1
+                bar.update(1)
+            if report.kept >= cfg.episodes_per_task:
+                break
+    if report.kept < cfg.episodes_per_task:
+        log.warning("%s: kept %d of %d episodes after %d attempts", task, report.kept, cfg.episodes_per_task, attempt)
+    return report
+
+
+def format_report(report: CollectReport) -> str:
+    lines = [f"{'task':32s} {'kept':>5s} {'expert success':>15s}"]
+    for t in report.tasks:
+        rate = (
+            "resumed" if t.expert_success_rate is None else f"{t.succeeded}/{t.attempted} ({t.expert_success_rate:.0%})"
+        )
+        lines.append(f"{t.task:32s} {t.kept:5d} {rate:>15s}")
+    attempted = sum(t.attempted for t in report.tasks)
+    succeeded = sum(t.succeeded for t in report.tasks)
+    total = f"{succeeded}/{attempted} ({succeeded / attempted:.0%})" if attempted else "-"
+    lines.append(f"{'all':32s} {sum(t.kept for t in report.tasks):5d} {total:>15s}")
+    rate = report.episodes_written / report.seconds if report.seconds else 0.0
+    lines.append(
+        f"wrote {report.episodes_written} episodes in {report.seconds:.1f} s ({rate:.2f} episodes/s) to {report.out}"
+    )
+    return "\n".join(lines)

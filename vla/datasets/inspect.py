@@ -1,0 +1,141 @@
+"""`vla data info` and `vla data check`: what a store holds, and whether all of it reads back."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from vla import keys
+from vla.datasets.store import StoreError, TrajectoryStore, _is_local
+
+
+def _bytes_on_disk(path: str) -> int | None:
+    if not _is_local(path):
+        return None
+    return sum(f.stat().st_size for f in Path(path.removeprefix("file://")).rglob("*") if f.is_file())
+
+
+def store_info(path: str | os.PathLike) -> dict:
+    """Episodes, steps, keys (shape, dtype, units), tasks, instructions, size on disk, compression ratio."""
+    store = TrajectoryStore.open(path)
+    n = store.num_episodes
+    lengths = np.diff(np.concatenate([[0], store.episode_ends]))
+    raw_bytes = sum(store.num_steps * np.dtype(s.dtype).itemsize * int(np.prod(s.shape)) for s in store.specs.values())
+    disk = _bytes_on_disk(store.path)
+    success = store.meta(keys.SUCCESS).astype(bool)
+    return {
+        "path": store.path,
+        "kind": store.kind,
+        "fps": store.fps,
+        "episodes": n,
+        "steps": store.num_steps,
+        "episode_length": {
+            "min": int(lengths.min()) if n else 0,
+            "mean": float(lengths.mean()) if n else 0.0,
+            "max": int(lengths.max()) if n else 0,
+        },
+        "success_rate": float(success.mean()) if n else None,
+        "keys": {k: {"shape": list(s.shape), "dtype": s.dtype, "units": s.units} for k, s in store.specs.items()},
+        "cameras": [keys.camera_of(k) for k in store.specs if keys.is_image_key(k)],
+        "tasks": dict(sorted(Counter(store.meta(keys.TASK).tolist()).items())),
+        "instructions": sorted(set(store.meta(keys.INSTRUCTION).tolist())),
+        "sources": dict(Counter(store.meta(keys.SOURCE).tolist())),
+        "bytes_raw": int(raw_bytes),
+        "bytes_on_disk": disk,
+        "compression_ratio": round(raw_bytes / disk, 2) if disk else None,
+    }
+
+
+def format_info(info: dict) -> str:
+    """Human-readable summary of `store_info`."""
+    lines = [
+        f"{info['path']}  ({info['kind']}, {info['fps']:g} fps)",
+        f"  episodes {info['episodes']}, steps {info['steps']}, "
+        f"length min/mean/max {info['episode_length']['min']}/{info['episode_length']['mean']:.1f}"
+        f"/{info['episode_length']['max']}",
+    ]
+    if info["success_rate"] is not None:
+        lines.append(f"  success rate {info['success_rate']:.1%}, sources {info['sources']}")
+    lines.append("  keys:")
+    for key, spec in info["keys"].items():
+        lines.append(f"    {key:32s} {str(tuple(spec['shape'])):14s} {spec['dtype']:8s} {spec['units']}")
+    lines.append(f"  tasks ({len(info['tasks'])}):")
+    lines += [f"    {task:32s} {count} episodes" for task, count in info["tasks"].items()]
+    lines.append(f"  instructions ({len(info['instructions'])}):")
+    shown = info["instructions"][:12]
+    lines += [f"    {text}" for text in shown]
+    if len(info["instructions"]) > len(shown):
+        lines.append(f"    ... and {len(info['instructions']) - len(shown)} more")
+    if info["bytes_on_disk"]:
+        lines.append(
+            f"  size {info['bytes_on_disk'] / 2**20:.1f} MiB on disk, {info['bytes_raw'] / 2**20:.1f} MiB raw, "
+            f"compression {info['compression_ratio']:.1f}x"
+        )
+    return "\n".join(lines)
+
+
+def check_store(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(problems, notes). Problems make the store unusable or untrustworthy; notes are benign.
+
+    Checks the format and schema, the commit record against data and metadata, that every chunk
+    file of the committed range exists and decodes, per-episode metadata values, and non-finite values.
+    """
+    try:
+        store = TrajectoryStore.open(path)
+    except StoreError as e:
+        return [str(e)], []
+    problems, notes = [], []
+    raw_ends = store.group["meta"][keys.EPISODE_ENDS].shape[0]
+    if raw_ends > store.num_episodes:
+        notes.append("one uncommitted episode entry (a writer was interrupted); the next append trims it")
+    for key, spec in store.specs.items():
+        problems += _check_array(store, key, spec)
+        extra = store.array(key).shape[0] - store.num_steps
+        if extra > 0:
+            notes.append(f"data/{key}: {extra} uncommitted steps past the last episode; the next append trims them")
+    problems += _check_meta(store)
+    return problems, notes
+
+
+def _check_array(store: TrajectoryStore, key: str, spec: keys.Spec) -> list[str]:
+    array = store.array(key)
+    problems = []
+    if str(array.dtype) != spec.dtype or tuple(array.shape[1:]) != spec.shape:
+        problems.append(
+            f"data/{key}: dtype {array.dtype} shape {array.shape[1:]} disagree with the schema "
+            f"{spec.dtype} {spec.shape}"
+        )
+    chunk, steps = array.chunks[0], store.num_steps
+    expected = -(-steps // chunk)
+    present = array.nchunks_initialized
+    if present < expected:
+        problems.append(f"data/{key}: {expected - present} of {expected} chunk files are missing")
+    for lo in range(0, steps, chunk):
+        try:
+            values = array[lo : min(lo + chunk, steps)]
+        except Exception as e:
+            problems.append(f"data/{key}: steps {lo}..{min(lo + chunk, steps) - 1} do not decode: {e}")
+            continue
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            problems.append(f"data/{key}: non-finite values in steps {lo}..{min(lo + chunk, steps) - 1}")
+    return problems
+
+
+def _check_meta(store: TrajectoryStore) -> list[str]:
+    problems = []
+    try:
+        sources = store.meta(keys.SOURCE)
+        instructions = store.meta(keys.INSTRUCTION)
+        tasks = store.meta(keys.TASK)
+    except Exception as e:
+        return [f"meta: cannot read per-episode metadata: {e}"]
+    bad_sources = sorted(set(sources.tolist()) - set(keys.SOURCES))
+    if bad_sources:
+        problems.append(f"meta/source: unknown values {bad_sources}; valid: {', '.join(keys.SOURCES)}")
+    empty = [i for i, (ins, task) in enumerate(zip(instructions, tasks)) if not ins or not task]
+    if empty:
+        problems.append(f"meta: episodes {empty[:10]} have an empty instruction or task")
+    return problems

@@ -1,0 +1,205 @@
+"""Training windows from a trajectory store, with edge padding, pad masks and an episode split.
+
+A window anchored at step t of an episode holds:
+
+    observation keys   steps t-history+1 .. t          (history, *shape)   + `<key>_is_pad` (history,)
+    action             steps t .. t+chunk-1            (chunk, action_dim) + `action_is_pad` (chunk,)
+    future.<image key> step t+foresight_offset         (H, W, 3)           + `future.<key>_is_pad` ()
+    instruction, task  the episode's metadata (str)
+
+Steps outside the episode repeat its first or last step (edge padding) and are marked in the mask,
+which every loss honours.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vla import keys
+from vla.datasets.store import TrajectoryStore
+from vla.errors import UserError
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    history: int = 4  # observation steps up to and including the current one
+    chunk: int = 10  # future actions predicted from the current step
+    foresight_offset: int = 3  # how far ahead the foreseen frame is
+
+    def __post_init__(self):
+        for name in ("history", "chunk"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.foresight_offset < 0:
+            raise UserError(f"foresight_offset must be >= 0, got {self.foresight_offset}")
+
+    def offsets(self, specs: dict[str, keys.Spec]) -> dict[str, tuple[str, np.ndarray]]:
+        """{output key: (store key, step offsets relative to the anchor)}."""
+        out = {}
+        for key in specs:
+            if key == keys.ACTION:
+                out[key] = (key, np.arange(self.chunk))
+            else:
+                out[key] = (key, np.arange(-self.history + 1, 1))
+            if keys.is_image_key(key):
+                out[keys.future_key(key)] = (key, np.array([self.foresight_offset]))
+        return out
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) episode indices, disjoint, a pure function of the arguments.
+
+    With at least two episodes and val_fraction > 0, val holds at least one episode and train too.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(num_episodes)
+    n_val = int(round(num_episodes * val_fraction))
+    if val_fraction > 0 and num_episodes >= 2:
+        n_val = min(max(n_val, 1), num_episodes - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class _ChunkCache:
+    """Decoded time-chunks of one zarr array, least recently used evicted past a byte budget.
+
+    Random windows touch few chunks, and decoding a chunk costs far more than slicing it, so a
+    worker keeps what it decoded. Budget 0 reads straight from zarr.
+    """
+
+    def __init__(self, store: TrajectoryStore, key: str, budget_bytes: int):
+        self.store, self.key = store, key
+        self.chunk = store.array(key).chunks[0]
+        self.budget = budget_bytes
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.bytes = 0
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1."""
+        if self.budget == 0:
+            return self.store.read(self.key, lo, hi)
+        first, last = lo // self.chunk, (hi - 1) // self.chunk
+        parts = [self._chunk(c) for c in range(first, last + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        base = first * self.chunk
+        return block[lo - base : hi - base]
+
+    def _chunk(self, c: int) -> np.ndarray:
+        if c in self.cache:
+            self.cache.move_to_end(c)
+            return self.cache[c]
+        data = self.store.read(self.key, c * self.chunk, (c + 1) * self.chunk)
+        self.cache[c] = data
+        self.bytes += data.nbytes
+        while self.bytes > self.budget and len(self.cache) > 1:
+            _, old = self.cache.popitem(last=False)
+            self.bytes -= old.nbytes
+        return data
+
+
+class WindowDataset(Dataset):
+    """Windows anchored at every step of the chosen episodes; works with DataLoader workers.
+
+    Low-dimensional keys are read into memory once; images come through a per-worker chunk cache.
+    Items are numpy arrays (images uint8, raw units); default_collate turns them into tensors.
+    """
+
+    def __init__(
+        self,
+        store: TrajectoryStore | str,
+        window: WindowSpec = WindowSpec(),
+        episodes: np.ndarray | None = None,
+        cache_bytes: int = 1 << 30,
+    ):
+        self.store = TrajectoryStore.open(store) if isinstance(store, str) else store
+        self.window = window
+        self.episodes = np.arange(self.store.num_episodes) if episodes is None else np.asarray(episodes)
+        if len(self.episodes) == 0:
+            raise UserError(f"no episodes to sample from in {self.store.path}")
+        self.offsets = window.offsets(self.store.specs)
+        self.cache_bytes = cache_bytes
+        starts, ends = self.store.episode_starts, self.store.episode_ends
+        lengths = ends[self.episodes] - starts[self.episodes]
+        self.anchor_episode = np.repeat(self.episodes, lengths)  # episode index per window
+        self.anchor_step = np.concatenate([np.arange(s, e) for s, e in zip(starts[self.episodes], ends[self.episodes])])
+        self.instructions = self.store.meta(keys.INSTRUCTION)
+        self.tasks = self.store.meta(keys.TASK)
+        self._low_dim = {k: self.store.array(k)[:] for k, s in self.store.specs.items() if len(s.shape) == 1}
+        self._caches: dict[str, _ChunkCache] | None = None  # built lazily, once per worker process
+
+    def __len__(self) -> int:
+        return len(self.anchor_step)
+
+    def _rows(self, key: str, lo: int, hi: int) -> np.ndarray:
+        if key in self._low_dim:
+            return self._low_dim[key][lo:hi]
+        if self._caches is None:
+            self._caches = {}
+        if key not in self._caches:
+            self._caches[key] = _ChunkCache(self.store, key, self.cache_bytes)
+        return self._caches[key].rows(lo, hi)
+
+    def __getitem__(self, i: int) -> dict:
+        episode, t = int(self.anchor_episode[i]), int(self.anchor_step[i])
+        start, end = int(self.store.episode_starts[episode]), int(self.store.episode_ends[episode])
+        item = {}
+        for out_key, (key, offs) in self.offsets.items():
+            steps = t + offs
+            clipped = np.clip(steps, start, end - 1)
+            lo, hi = int(clipped.min()), int(clipped.max()) + 1
+            values = self._rows(key, lo, hi)[clipped - lo]
+            is_pad = steps != clipped
+            if out_key.startswith(keys.FUTURE_PREFIX):
+                values, is_pad = values[0], is_pad[0]
+            item[out_key] = values
+            item[keys.pad_key(out_key)] = np.asarray(is_pad)
+        item[keys.INSTRUCTION] = str(self.instructions[episode])
+        item[keys.TASK] = str(self.tasks[episode])
+        item["episode_index"] = episode
+        return item
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle order that is a pure function of (seed, epoch): resuming at an epoch replays it exactly."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def __iter__(self):
+        return iter(self.order(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_datasets(
+    store: TrajectoryStore | str, window: WindowSpec, val_fraction: float = 0.1, seed: int = 0, **kw
+) -> tuple[WindowDataset, WindowDataset | None]:
+    """Train and validation datasets split by episode."""
+    store = TrajectoryStore.open(store) if isinstance(store, str) else store
+    train_eps, val_eps = split_episodes(store.num_episodes, val_fraction, seed)
+    train = WindowDataset(store, window, train_eps, **kw)
+    val = WindowDataset(store, window, val_eps, **kw) if len(val_eps) else None
+    return train, val
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack arrays into tensors; strings stay lists."""
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = values if isinstance(values[0], str) else torch.from_numpy(np.stack(values))
+    return out

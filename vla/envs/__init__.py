@@ -1,0 +1,71 @@
+"""MuJoCo benchmark suites behind one contract (see `vla.envs.suite`).
+
+`SUITES` is a plain dict you can grep; suites are built lazily so importing `vla.envs` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vla.errors import UserError, choice_error
+
+# Headless rendering: EGL works with the Mesa packages on the image. Set before mujoco is imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _metaworld():
+    from vla.envs.meta_world import MetaWorldSuite
+
+    return MetaWorldSuite()
+
+
+def _tabletop():
+    from vla.envs.tabletop import TabletopSuite
+
+    return TabletopSuite()
+
+
+SUITES = {"metaworld": _metaworld, "tabletop": _tabletop}
+_built: dict = {}
+
+
+def get_suite(name: str):
+    """The suite called `name`; raises `UserError` naming the valid suites."""
+    if name not in SUITES:
+        raise choice_error("suite", name, SUITES)
+    if name not in _built:
+        _built[name] = SUITES[name]()
+    return _built[name]
+
+
+def resolve_tasks(suite, spec: str) -> list[str]:
+    """Task names from a group name ("mt10", "all") or a comma-separated list of task names."""
+    if spec in suite.groups:
+        return list(suite.groups[spec])
+    if spec == "all":
+        return suite.tasks()
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"no tasks given; valid: {', '.join([*suite.groups, 'all'])} or task names")
+    valid = suite.tasks()
+    for name in names:
+        if name not in valid:
+            raise choice_error(f"{suite.name} task", name, [*suite.groups, "all", *valid])
+    return names
+
+
+def resolve_cameras(suite, cameras: str | None) -> tuple[str, ...]:
+    """Camera names from a comma-separated list, or the suite's defaults."""
+    if not cameras:
+        return tuple(suite.default_cameras)
+    names = tuple(c.strip() for c in cameras.split(",") if c.strip())
+    for name in names:
+        if name not in suite.cameras:
+            raise choice_error(f"{suite.name} camera", name, suite.cameras)
+    return names
+
+
+def resolve_split(suite, split: str) -> str:
+    if split not in suite.splits:
+        raise choice_error(f"{suite.name} split", split, suite.splits)
+    return split

@@ -1,0 +1,91 @@
+"""Every observation, action and metadata key, with its dtype, shape and units.
+
+One name end to end: a zarr array in a store, a batch key from the sampler, an env observation key
+and a robot observation key are the same string, defined here and nowhere else. Keys are dotted as
+LeRobot names them, so the two interoperate.
+
+Raw units everywhere until the policy: uint8 images (H, W, 3), metres for positions, radians for
+angles. Only the policy normalises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# --- per-step data keys -------------------------------------------------------------------------
+OBS_IMAGES = "observation.images"  # prefix: one key per camera, observation.images.<camera>
+OBS_STATE = "observation.state"
+ACTION = "action"
+
+# --- per-episode metadata fields (meta/<field> in a store) --------------------------------------
+EPISODE_ENDS = "episode_ends"  # int64 cumulative end index per episode: the commit record
+INSTRUCTION = "instruction"  # the natural-language instruction the episode carried out
+TASK = "task"  # the suite's task name, e.g. "reach-v3"
+SUCCESS = "success"  # whether the episode ended in success (bool)
+SEED = "seed"  # the seed that reproduces the episode (int64)
+SOURCE = "source"  # where the episode came from: one of SOURCES
+
+SOURCES = ("expert", "teleop", "policy", "video", "image-text")
+META_FIELDS = (INSTRUCTION, TASK, SUCCESS, SEED, SOURCE)
+META_DTYPES = {INSTRUCTION: "str", TASK: "str", SUCCESS: "bool", SEED: "int64", SOURCE: "str"}
+
+# --- sampler outputs ----------------------------------------------------------------------------
+PAD_SUFFIX = "_is_pad"
+FUTURE_PREFIX = "future."
+
+
+def image_key(camera: str) -> str:
+    """`observation.images.<camera>`."""
+    return f"{OBS_IMAGES}.{camera}"
+
+
+def camera_of(key: str) -> str:
+    """Inverse of `image_key`."""
+    if not is_image_key(key):
+        raise ValueError(f"{key!r} is not an image key ({OBS_IMAGES}.<camera>)")
+    return key[len(OBS_IMAGES) + 1 :]
+
+
+def is_image_key(key: str) -> bool:
+    return key.startswith(OBS_IMAGES + ".")
+
+
+def pad_key(key: str) -> str:
+    """The boolean mask that marks edge-padded steps of `key` in a sampled window."""
+    return key + PAD_SUFFIX
+
+
+def future_key(key: str) -> str:
+    """The frame `foresight_offset` steps ahead of the window's current step, for image `key`."""
+    return FUTURE_PREFIX + key
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one per-step key holds: the store's schema, the env's observation space, the robot's features."""
+
+    dtype: str  # numpy dtype name
+    shape: tuple[int, ...]  # per-step shape
+    units: str
+    description: str
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Spec:
+        return cls(dtype=d["dtype"], shape=tuple(d["shape"]), units=d["units"], description=d["description"])
+
+
+def image_spec(camera: str, size: int, description: str = "") -> Spec:
+    return Spec("uint8", (size, size, 3), "pixel intensity 0-255, RGB, row 0 at the top", description or camera)
+
+
+def state_spec(description: str, dim: int) -> Spec:
+    return Spec("float32", (dim,), "m (positions), rad (angles), gripper as described", description)
+
+
+def action_spec(description: str, dim: int) -> Spec:
+    return Spec("float32", (dim,), "m (end-effector displacement per step), gripper as described", description)
