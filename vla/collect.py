@@ -119,7 +119,9 @@ def _open_or_create(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[
         return TrajectoryStore.create(cfg.out, specs, fps=fps, kind="robot", extra_attrs={"collect": recipe})
     if store.specs != specs:
         store.close()
-        raise StoreError(f"{cfg.out} has another schema ({sorted(store.specs)}); collect into a new path")
+        raise StoreError(
+            f"{cfg.out} has another schema: {_schema_difference(store.specs, specs)}; collect into a new path"
+        )
     if store.attrs.get("collect") != recipe and not cfg.append:
         store.close()
         raise StoreError(
@@ -127,6 +129,15 @@ def _open_or_create(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[
             "pass --append to add to it, or choose another path"
         )
     return store
+
+
+def _schema_difference(stored: dict, wanted: dict) -> str:
+    for key in sorted(set(stored) | set(wanted)):
+        if key not in stored or key not in wanted:
+            return f"{key} is {'missing from the store' if key not in stored else 'not collected here'}"
+        if stored[key] != wanted[key]:
+            return f"{key} is {stored[key].dtype}{stored[key].shape} in the store, {wanted[key].dtype}{wanted[key].shape} here"
+    return "none"
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:

@@ -1,0 +1,87 @@
+"""`vla collect` end to end on the real Meta-World suite: resume, determinism, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vla import keys
+from vla.cli import main
+from vla.datasets.store import TrajectoryStore
+
+TASKS = "reach-v3,drawer-close-v3"
+
+
+def collect(out, *extra, episodes=1):
+    return main(["collect", "--suite", "metaworld", "--tasks", TASKS, "--episodes-per-task", str(episodes),
+                 "--image-size", "32", "--steps-after-success", "3", "-q", "--out", str(out), *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """A store filled in two runs (1 episode per task, then resumed to 2), and one filled in a single run."""
+    tmp = tmp_path_factory.mktemp("collect")
+    assert collect(tmp / "resumed.zarr", episodes=1) == 0
+    assert collect(tmp / "resumed.zarr", episodes=2) == 0
+    assert collect(tmp / "fresh.zarr", "--workers", "2", episodes=2) == 0
+    return tmp
+
+
+def test_store_contents(collected, capsys):
+    assert main(["data", "info", str(collected / "fresh.zarr"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["episodes"] == 4 and info["tasks"] == {"drawer-close-v3": 2, "reach-v3": 2}
+    assert info["keys"][keys.image_key("corner")]["shape"] == [32, 32, 3]
+    assert info["keys"][keys.ACTION]["shape"] == [4] and info["keys"][keys.OBS_STATE]["shape"] == [4]
+    assert info["success_rate"] == 1.0 and info["sources"] == {"expert": 4}
+    store = TrajectoryStore.open(collected / "fresh.zarr")
+    for i in range(store.num_episodes):
+        episode = store.episode(i)
+        assert episode[keys.image_key("corner")].std() > 5  # a rendered scene, not a blank frame
+        assert np.abs(episode[keys.ACTION][:, :3]).max() <= 0.01 + 1e-6  # metres per step
+    assert main(["data", "check", str(collected / "fresh.zarr")]) == 0
+
+
+def test_resume_and_workers_give_the_same_episodes(collected):
+    resumed = TrajectoryStore.open(collected / "resumed.zarr")
+    fresh = TrajectoryStore.open(collected / "fresh.zarr")
+    assert sorted(resumed.meta(keys.SEED)) == sorted(fresh.meta(keys.SEED))
+    by_seed = {int(s): i for i, s in enumerate(fresh.meta(keys.SEED))}
+    for i, seed in enumerate(resumed.meta(keys.SEED)):
+        a, b = resumed.episode(i), fresh.episode(by_seed[int(seed)])
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+        assert resumed.episode_meta(i) == fresh.episode_meta(by_seed[int(seed)])
+
+
+def test_rerun_is_a_no_op(collected):
+    before = TrajectoryStore.open(collected / "fresh.zarr").num_steps
+    assert collect(collected / "fresh.zarr", episodes=2) == 0
+    assert TrajectoryStore.open(collected / "fresh.zarr").num_steps == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--suite", "dmc"], "unknown suite 'dmc'; valid: metaworld, tabletop"),
+        (["--tasks", "reach-v3,fly-v3"], "unknown metaworld task 'fly-v3'; valid: mt10, mt50, all, "),
+        (["--cameras", "ceiling"], "unknown metaworld camera 'ceiling'; valid: "),
+        (["--episodes-per-task", "0"], "--episodes-per-task must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "bad.zarr"
+    assert main(["collect", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_existing_store_of_another_recipe_or_schema_is_refused(collected, capsys):
+    out = collected / "fresh.zarr"
+    assert collect(out, "--seed", "7", episodes=2) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "pass --append" in err
+    assert collect(out, "--cameras", "corner2", "--append", episodes=2) == 2
+    assert "another schema" in capsys.readouterr().err
+    assert TrajectoryStore.open(out).num_episodes == 4
