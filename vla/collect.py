@@ -135,8 +135,9 @@ def _schema_difference(stored: dict, wanted: dict) -> str:
     for key in sorted(set(stored) | set(wanted)):
         if key not in stored or key not in wanted:
             return f"{key} is {'missing from the store' if key not in stored else 'not collected here'}"
-        if stored[key] != wanted[key]:
-            return f"{key} is {stored[key].dtype}{stored[key].shape} in the store, {wanted[key].dtype}{wanted[key].shape} here"
+        have, want = stored[key], wanted[key]
+        if have != want:
+            return f"{key} is {have.dtype}{have.shape} in the store, {want.dtype}{want.shape} here"
     return "none"
 
 
