@@ -124,6 +124,10 @@ class WindowDataset(Dataset):
         self.offsets = window.offsets(self.store.specs)
         self.cache_bytes = cache_bytes
         starts, ends = self.store.episode_starts, self.store.episode_ends
+        self._starts, self._ends = starts, ends
+        self._by_source: dict[str, list[tuple[str, np.ndarray]]] = {}
+        for out_key, (key, offs) in self.offsets.items():
+            self._by_source.setdefault(key, []).append((out_key, offs))
         lengths = ends[self.episodes] - starts[self.episodes]
         self.anchor_episode = np.repeat(self.episodes, lengths)  # episode index per window
         self.anchor_step = np.concatenate([np.arange(s, e) for s, e in zip(starts[self.episodes], ends[self.episodes])])
@@ -146,18 +150,20 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         episode, t = int(self.anchor_episode[i]), int(self.anchor_step[i])
-        start, end = int(self.store.episode_starts[episode]), int(self.store.episode_ends[episode])
+        start, end = int(self._starts[episode]), int(self._ends[episode])
         item = {}
-        for out_key, (key, offs) in self.offsets.items():
-            steps = t + offs
-            clipped = np.clip(steps, start, end - 1)
-            lo, hi = int(clipped.min()), int(clipped.max()) + 1
-            values = self._rows(key, lo, hi)[clipped - lo]
-            is_pad = steps != clipped
-            if out_key.startswith(keys.FUTURE_PREFIX):
-                values, is_pad = values[0], is_pad[0]
-            item[out_key] = values
-            item[keys.pad_key(out_key)] = np.asarray(is_pad)
+        for key, outputs in self._by_source.items():
+            # One read per stored key covers its history and its future frame.
+            steps = [t + offs for _, offs in outputs]
+            clipped = [np.clip(s, start, end - 1) for s in steps]
+            lo = min(int(c.min()) for c in clipped)
+            block = self._rows(key, lo, max(int(c.max()) for c in clipped) + 1)
+            for (out_key, _), s, c in zip(outputs, steps, clipped):
+                values, is_pad = block[c - lo], s != c
+                if out_key.startswith(keys.FUTURE_PREFIX):
+                    values, is_pad = values[0], is_pad[0]
+                item[out_key] = values
+                item[keys.pad_key(out_key)] = np.asarray(is_pad)
         item[keys.INSTRUCTION] = str(self.instructions[episode])
         item[keys.TASK] = str(self.tasks[episode])
         item["episode_index"] = episode

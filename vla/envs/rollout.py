@@ -40,10 +40,10 @@ def run_episode(
             observations[k].append(v)
         actions.append(action)
         obs, _, terminated, truncated, step_info = env.step(action)
-        if step_info["success"] and success_at is None:
+        if step_info[keys.SUCCESS] and success_at is None:
             success_at = t
         if terminated or truncated or (success_at is not None and t - success_at >= steps_after_success):
             break
     data = {k: np.stack(v) for k, v in observations.items()}
     data[keys.ACTION] = np.stack(actions)
-    return Episode(data, info["instruction"], info["task"], success_at is not None, seed, success_at)
+    return Episode(data, info[keys.INSTRUCTION], info[keys.TASK], success_at is not None, seed, success_at)
