@@ -46,3 +46,29 @@ def small_store(tmp_path):
         for i in range(6):
             add_synthetic(store, i, 5 + i)
     return path
+
+
+@pytest.fixture(scope="session")
+def metaworld_store(tmp_path_factory):
+    """A small real store: 2 scripted-expert episodes each of two Meta-World tasks, 32x32 images."""
+    from vla.collect import CollectConfig, collect
+
+    out = tmp_path_factory.mktemp("mw") / "demos.zarr"
+    cfg = CollectConfig(suite="metaworld", tasks="reach-v3,drawer-close-v3", episodes_per_task=2, out=str(out),
+                        image_size=32, steps_after_success=3)  # fmt: skip
+    collect(cfg, progress=False)
+    return out
+
+
+def tiny_config(store, out, **train):
+    """A `tiny` model config on `store`, training into `out`."""
+    from vla.config import StoreConfig, load_config
+
+    overrides = ["model.preset=tiny", "data.history=3", "data.chunk=4", "data.foresight_offset=2",
+                 "train.batch_size=8", "train.log_every=1", "train.val_every=1000", "train.save_every=1000",
+                 "train.warmup_steps=2", "train.bf16=false"]  # fmt: skip
+    overrides += [f"train.{k}={v}" for k, v in train.items()]
+    cfg = load_config(overrides=overrides)
+    cfg.data.stores = [StoreConfig(str(store))]
+    cfg.train.out = str(out)
+    return cfg

@@ -40,6 +40,22 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from vla.config import load_config
+    from vla.train import train
+
+    cfg = load_config(args.config, args.set)
+    result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet)
+    if result.init_report:
+        r = result.init_report
+        print(f"init from {args.init_from}: {len(r['matched'])} tensors matched, {len(r['skipped'])} skipped, "
+              f"{len(r['fresh'])} initialised fresh")  # fmt: skip
+    final = f"{result.losses[-1]:.4f}" if result.losses else "-"
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"trained to step {result.steps}: train loss {final}{val}; checkpoint in {result.out / 'checkpoint'}")
+    return 0
+
+
 def _data_info(args: argparse.Namespace) -> int:
     from vla.datasets.inspect import format_info, store_info
 
@@ -58,6 +74,31 @@ def _data_check(args: argparse.Namespace) -> int:
         print(f"problem: {problem}")
     print(f"{args.store}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vla.eval_report import format_markdown
+    from vla.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(
+        policy=args.policy,
+        suite=args.suite,
+        tasks=args.tasks,
+        episodes=args.episodes,
+        workers=args.workers,
+        split=args.split,
+        chain=args.chain,
+        charge_latency=args.charge_latency,
+        seed=args.seed,
+        videos=args.videos,
+        out=args.out,
+        max_steps=args.max_steps,
+        image_size=args.image_size,
+    )
+    report, out = evaluate(cfg, progress=not args.quiet)
+    print(format_markdown(report), end="")
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", action="store_true", help="add to an existing store made differently")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_collect)
+
+    p = sub.add_parser("train", help="train a policy (finetuning, or pretraining when the stores carry no actions)")
+    p.add_argument("--config", default=None, help="a YAML config (configs/*.yaml); defaults otherwise")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out exactly where it stopped")
+    p.add_argument("--init-from", default=None, metavar="DIR", help="start from a (pretrained) checkpoint's weights")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="roll a policy out in a suite and report success with 95% intervals")
+    p.add_argument("--policy", required=True, help="zero | expert | a checkpoint directory")
+    p.add_argument("--suite", default="metaworld", help="metaworld | tabletop")
+    p.add_argument("--tasks", default=None, help="a group (mt10, mt50, all) or comma-separated task names")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task (chains with --chain)")
+    p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
+    p.add_argument("--split", default="train", help="scene split, e.g. unseen where the suite has it")
+    p.add_argument("--chain", action="store_true", help="chains of instructions in one scene (CALVIN-style)")
+    p.add_argument("--charge-latency", action="store_true", help="hold the last action while the policy computes")
+    p.add_argument("--seed", type=int, default=0, help="base seed: the same seed gives the same episodes")
+    p.add_argument("--videos", type=int, default=2, help="episodes per task recorded as MP4")
+    p.add_argument("--out", default=None, help="report directory (default: runs/eval/ or <checkpoint>/eval/)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the suite's)")
+    p.add_argument("--image-size", type=int, default=None, help="zero/expert image side (default 64)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
 
     data = sub.add_parser("data", help="inspect and validate stores").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"

@@ -71,6 +71,7 @@ _INFO_TERMS = (
     "unscaled_reward",
 )
 
+
 @functools.cache
 def _variants(task: str) -> tuple:
     """Meta-World's 50 task variants for `task`, drawn once per process from a fixed benchmark seed."""

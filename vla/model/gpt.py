@@ -1,0 +1,101 @@
+"""GPT blocks on `scaled_dot_product_attention`, with a relative timestep bias and key/value reuse.
+
+The trunk never sees absolute positions: a token's timestep enters only through a learned bias per
+head on (query timestep - key timestep), and the prefix has a bias of its own. So the keys and values
+of a cached timestep stay valid when the history window slides (see `vla.model.layout`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vla.model.layout import Kind, can_attend
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, n_head, L, head_dim)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_head: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """x: (B, L, D); bias: additive (B or 1, n_head, L, L_past + L) with -inf where not allowed.
+        Returns the output and this call's own keys/values (for the caller to cache)."""
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_head)
+        k_all = k if past is None else torch.cat([past[0], k], dim=2)
+        v_all = v if past is None else torch.cat([past[1], v], dim=2)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, dropout_p=drop)
+        return self.proj(rearrange(y, "b h l d -> b l (h d)")), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_head: int, dropout: float = 0.0):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, n_head, dropout)
+        self.mlp = MLP(dim, 4 * dim, dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, past: KV | None = None):
+        y, kv = self.attn(self.ln1(x), bias, past)
+        x = x + y
+        return x + self.mlp(self.ln2(x)), kv
+
+
+class Trunk(nn.Module):
+    """The causal transformer over the interleaved sequence, with the relative timestep bias."""
+
+    def __init__(self, dim: int, n_layer: int, n_head: int, max_history: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_head, self.max_history = n_head, max_history
+        self.blocks = nn.ModuleList(Block(dim, n_head, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(dim)
+        # bias[h, dt] for dt = 0 .. max_history-1; the last column is the bias towards the prefix
+        self.time_bias = nn.Parameter(torch.zeros(n_head, max_history + 1))
+
+    def bias(
+        self,
+        q_kind: torch.Tensor,
+        q_step: torch.Tensor,
+        k_kind: torch.Tensor,
+        k_step: torch.Tensor,
+        k_pad: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Additive attention bias (B or 1, n_head, Lq, Lk) from token kinds, timesteps and key padding (B, Lk)."""
+        allowed = can_attend(q_kind[:, None], q_step[:, None], k_kind[None, :], k_step[None, :])[None]
+        if k_pad is not None:
+            allowed = allowed & ~k_pad[:, None, :]
+        dt = (q_step[:, None] - k_step[None, :]).clamp(0, self.max_history - 1)
+        rel = torch.where(k_kind[None, :] == Kind.PREFIX, self.max_history, dt)
+        bias = self.time_bias[:, rel]  # (n_head, Lq, Lk)
+        return bias[None].masked_fill(~allowed[:, None], float("-inf"))
+
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor, past: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """x: (B, L, D) -> (B, L, D) and each layer's keys/values of x."""
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, bias, None if past is None else past[i])
+            kvs.append(kv)
+        return self.ln_f(x), kvs

@@ -1,0 +1,174 @@
+"""The GR-1 style network: encoders, the interleaved token sequence, the trunk and the heads.
+
+It works on normalised tensors only; `vla.policies.VLAPolicy` normalises raw observations, computes
+losses from batches and runs inference. Two ways to run the trunk give the same readouts:
+
+- `forward` over a whole window (training, and full recomputation at inference);
+- `start_stream` + `stream_step`: one new timestep per call, earlier timesteps' keys/values cached.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from vla.config import ModelConfig
+from vla.model.encoders import StateEncoder, VisionEncoder
+from vla.model.gpt import KV, Trunk
+from vla.model.heads import ActionHead, FlowHead, ForesightDecoder
+from vla.model.layout import Kind, TokenLayout
+
+
+@dataclass
+class StreamCache:
+    """Keys/values of the prefix and of the last `history` timesteps' observation tokens, per layer."""
+
+    prefix: list[KV]
+    steps: deque = field(default_factory=deque)  # (timestep, list[KV]) oldest first
+    next_step: int = 0
+
+
+class GR1(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        cameras: list[str],
+        image_size: int,
+        state_dim: int,
+        action_dim: int,
+        history: int,
+        chunk: int,
+        lang_dim: int = 384,
+    ):
+        super().__init__()
+        self.cfg, self.cameras, self.history = cfg, list(cameras), history
+        d = cfg.d_model
+        self.layout = TokenLayout(self.cameras, cfg.n_img_tokens, cfg.n_obs_queries)
+        self.vision = nn.ModuleDict(
+            {
+                c: VisionEncoder(image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_layers, d, cfg.n_img_tokens)
+                for c in self.cameras
+            }  # fmt: skip
+        )
+        self.state_encoder = StateEncoder(state_dim, d)
+        self.lang_proj = nn.Linear(lang_dim, d)
+        # What a token is within its timestep: added to observation tokens, and all a readout starts from.
+        self.obs_slots = nn.Parameter(torch.randn(self.layout.n_obs, d) * 0.02)
+        self.readout_slots = nn.Parameter(torch.randn(self.layout.n_readout, d) * 0.02)
+        self.trunk = Trunk(d, cfg.n_layer, cfg.n_head, history, cfg.dropout)
+        if cfg.action_head == "flow":
+            self.action_head = FlowHead(d, chunk, action_dim, cfg.flow_steps)
+        else:
+            self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper)
+        self.foresight = nn.ModuleDict(
+            {
+                c: ForesightDecoder(d, cfg.decoder_dim, cfg.decoder_layers, image_size, cfg.patch_size)
+                for c in self.cameras
+            }  # fmt: skip
+        )
+        self.apply(_init_weights)
+
+    # --- tokens -------------------------------------------------------------------------------------
+    def observation_tokens(self, images: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
+        """images: {camera: (B, T, 3, H, W)}, state: (B, T, S) normalised -> (B, T, n_obs, d)."""
+        B, T = state.shape[:2]
+        parts = [self.state_encoder(state)[:, :, None]]
+        for cam in self.cameras:
+            frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
+            parts.append(rearrange(self.vision[cam](frames), "(b t) n d -> b t n d", b=B))
+        return torch.cat(parts, dim=2) + self.obs_slots
+
+    def prefix_tokens(self, lang: torch.Tensor) -> torch.Tensor:
+        """lang: (B, lang_dim) sentence embeddings -> (B, 1, d)."""
+        return self.lang_proj(lang)[:, None]
+
+    # --- the whole window -----------------------------------------------------------------------------
+    def forward(
+        self, lang: torch.Tensor, obs: torch.Tensor, step_is_pad: torch.Tensor | None = None, readouts: str = "all"
+    ) -> torch.Tensor:
+        """lang: (B, lang_dim); obs: (B, T, n_obs, d) from `observation_tokens`; step_is_pad: (B, T).
+
+        Returns readout states (B, T', n_readout, d) for T' = T ("all") or 1 ("last")."""
+        B, T = obs.shape[:2]
+        readout = self.readout_slots.expand(B, 1, -1, -1)
+        if readouts == "all":
+            steps = torch.cat([obs, readout.expand(B, T, -1, -1)], dim=2).flatten(1, 2)
+        else:
+            steps = torch.cat([obs.flatten(1, 2), readout[:, 0]], dim=1)
+        x = torch.cat([self.prefix_tokens(lang), steps], dim=1)
+        kind, step = (t.to(x.device) for t in self.layout.tokens(T, readouts))
+        k_pad = None
+        if step_is_pad is not None:
+            k_pad = step_is_pad[:, step.clamp(min=0)] & (step >= 0)
+        h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step, k_pad))
+        return h[:, kind == Kind.READOUT].unflatten(1, (-1, self.layout.n_readout))
+
+    # --- streaming -----------------------------------------------------------------------------------
+    def start_stream(self, lang: torch.Tensor) -> StreamCache:
+        """Run the prefix once; its keys/values serve every later timestep."""
+        x = self.prefix_tokens(lang)
+        kind = torch.full((x.shape[1],), int(Kind.PREFIX), device=x.device)
+        step = torch.full_like(kind, -1)
+        _, kvs = self.trunk(x, self.trunk.bias(kind, step, kind, step))
+        return StreamCache(prefix=kvs)
+
+    def stream_observe(self, cache: StreamCache, obs: torch.Tensor) -> None:
+        """obs: (B, n_obs, d), the next timestep's observation tokens: cache their keys/values."""
+        t, dev = cache.next_step, obs.device
+        pre_kind = torch.full((cache.prefix[0][0].shape[2],), int(Kind.PREFIX), device=dev)
+        obs_kind = torch.full((obs.shape[1],), int(Kind.OBS), device=dev)
+        step = torch.full_like(obs_kind, t)
+        # They read the prefix and themselves.
+        bias = self.trunk.bias(
+            obs_kind, step, torch.cat([pre_kind, obs_kind]), torch.cat([torch.full_like(pre_kind, -1), step])
+        )
+        _, obs_kvs = self.trunk(obs, bias, past=cache.prefix)
+        cache.steps.append((t, obs_kvs))
+        while len(cache.steps) > self.history:
+            cache.steps.popleft()
+        cache.next_step += 1
+
+    def stream_readout(self, cache: StreamCache) -> torch.Tensor:
+        """Readout states (B, n_readout, d) at the newest cached timestep."""
+        t, n_obs = cache.next_step - 1, self.layout.n_obs
+        dev = cache.prefix[0][0].device
+        past = [
+            tuple(torch.cat([cache.prefix[i][j]] + [kv[i][j] for _, kv in cache.steps], dim=2) for j in (0, 1))
+            for i in range(len(cache.prefix))
+        ]
+        n_prefix = cache.prefix[0][0].shape[2]
+        r_kind = torch.full((self.layout.n_readout,), int(Kind.READOUT), device=dev)
+        r_step = torch.full_like(r_kind, t)
+        # Keys: the prefix, every cached timestep, and the readouts' own (which the rules mask out).
+        cached_steps = torch.tensor([s for s, _ in cache.steps], device=dev).repeat_interleave(n_obs)
+        k_kind = torch.cat([torch.full((n_prefix,), int(Kind.PREFIX), device=dev),
+                            torch.full_like(cached_steps, int(Kind.OBS)), r_kind])  # fmt: skip
+        k_step = torch.cat([torch.full((n_prefix,), -1, device=dev), cached_steps, r_step])
+        batch = cache.prefix[0][0].shape[0]
+        h, _ = self.trunk(
+            self.readout_slots.expand(batch, -1, -1), self.trunk.bias(r_kind, r_step, k_kind, k_step), past
+        )
+        return h
+
+    def stream_step(self, cache: StreamCache, obs: torch.Tensor) -> torch.Tensor:
+        """Observe the next timestep and read out at it: (B, n_obs, d) -> (B, n_readout, d)."""
+        self.stream_observe(cache, obs)
+        return self.stream_readout(cache)
+
+    # --- heads -------------------------------------------------------------------------------------------
+    def split_readouts(self, h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(..., n_readout, d) -> ({camera: (..., q, d)}, act (..., d))."""
+        slices = self.layout.group_slices(self.layout.readout)
+        obs = {c: h[..., slices[f"obs.{c}"], :] for c in self.cameras}
+        return obs, h[..., slices["act"], :].squeeze(-2)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

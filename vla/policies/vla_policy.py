@@ -1,0 +1,199 @@
+"""The policy wrapper around the GR-1 network: normalisation, losses, and streaming inference.
+
+    policy = VLAPolicy.from_pretrained("runs/quickstart/checkpoint")
+    policy.reset()
+    action = policy.select_action(obs, "press the button")   # raw units in, raw units out
+    prediction = policy.last_prediction                        # the chunk and the foreseen frames
+
+Training: `loss, metrics = policy(batch)` on a collated window batch (see `vla.datasets.sampler`).
+Which losses run is decided by what the batch carries: `action` -> the action loss, `future.<image
+key>` -> the foresight loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vla import keys
+from vla.config import Config, load_config, save_config
+from vla.errors import UserError
+from vla.model.encoders import SentenceEncoder
+from vla.model.gr1 import GR1, StreamCache
+from vla.policies.base import Prediction
+from vla.policies.normalizer import Normalizer
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+_sentence_encoders: dict[str, SentenceEncoder] = {}  # one frozen encoder per process, shared by policies
+
+
+def sentence_encoder(name: str) -> SentenceEncoder:
+    if name not in _sentence_encoders:
+        _sentence_encoders[name] = SentenceEncoder(name)
+    return _sentence_encoders[name]
+
+
+class VLAPolicy(nn.Module):
+    def __init__(self, cfg: Config, stats: dict | None = None):
+        super().__init__()
+        if not cfg.features:
+            raise UserError("the config has no features: a policy needs the keys of the store it learns from")
+        self.cfg = cfg
+        self.features = {k: keys.Spec.from_json(v) for k, v in cfg.features.items()}
+        self.image_keys = [k for k in self.features if keys.is_image_key(k)]
+        cameras = [keys.camera_of(k) for k in self.image_keys]
+        image_size = self.features[self.image_keys[0]].shape[0]
+        self.normalizer = Normalizer(self.features, stats)
+        self.model = GR1(
+            cfg.model,
+            cameras,
+            image_size,
+            state_dim=self.features[keys.OBS_STATE].shape[0],
+            action_dim=self.features[keys.ACTION].shape[0],
+            history=cfg.data.history,
+            chunk=cfg.data.chunk,
+        )
+        self.language = sentence_encoder(cfg.model.language_model)
+        self.n_action_steps = cfg.train.n_action_steps
+        self.streaming = True  # False: recompute the whole window every step (for comparison)
+        self.reset()
+
+    # --- inputs --------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.model.obs_slots.device
+
+    def _observation_tokens(self, batch: dict) -> torch.Tensor:
+        """Raw (B, T, ...) observations -> (B, T, n_obs, d) tokens."""
+        images = {keys.camera_of(k): self.normalizer.normalize_images(k, batch[k]) for k in self.image_keys}
+        state = self.normalizer.normalize(keys.OBS_STATE, batch[keys.OBS_STATE])
+        return self.model.observation_tokens(images, state)
+
+    def _lang(self, instructions: list[str]) -> torch.Tensor:
+        return self.language(instructions).to(self._device())
+
+    # --- training ------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """A collated window batch (raw units) -> (weighted loss, metrics)."""
+        batch = {k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()}
+        obs = self._observation_tokens(batch)
+        pad = batch.get(keys.pad_key(keys.OBS_STATE))
+        h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="last")[:, -1]
+        obs_readouts, act = self.model.split_readouts(h)
+        weights, losses, metrics = self.cfg.train, {}, {}
+        if keys.ACTION in batch:
+            losses["action"], extra = self._action_loss(act, batch)
+            metrics.update(extra)
+        foresight = [k for k in self.image_keys if keys.future_key(k) in batch]
+        if foresight:
+            losses["foresight"] = sum(self._foresight_loss(k, obs_readouts, batch) for k in foresight) / len(foresight)
+        scale = {"action": weights.action_weight, "foresight": weights.foresight_weight}
+        loss = sum(scale[name] * value for name, value in losses.items())
+        metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
+        return loss, {k: float(v) for k, v in metrics.items()}
+
+    def _action_loss(self, act: torch.Tensor, batch: dict):
+        raw = batch[keys.ACTION]
+        target = self.normalizer.normalize(keys.ACTION, raw)
+        keep = ~batch[keys.pad_key(keys.ACTION)]
+        head = self.model.action_head
+        if head.__class__.__name__ == "FlowHead":
+            return head.loss(act, target, keep)
+        return head.loss(head(act), target, raw[..., -1] > 0, keep)
+
+    def _foresight_loss(self, key: str, obs_readouts: dict, batch: dict) -> torch.Tensor:
+        decoder = self.model.foresight[keys.camera_of(key)]
+        pred = decoder(obs_readouts[keys.camera_of(key)])
+        return decoder.loss(pred, batch[keys.future_key(key)], ~batch[keys.pad_key(keys.future_key(key))])
+
+    # --- inference -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start an episode: forget the observation history, the cache and queued actions."""
+        self._history: deque = deque(maxlen=self.cfg.data.history)  # raw observations, newest last
+        self._cache: StreamCache | None = None
+        self._instruction: str | None = None
+        self._queue: deque = deque()
+        self._queued_for: str | None = None
+        self.last_prediction: Prediction | None = None
+
+    @torch.no_grad()
+    def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None:
+        """Take one observation (raw units, no batch dimension) into the history (and the cache)."""
+        step = {k: torch.as_tensor(np.asarray(obs[k]))[None, None].to(self._device()) for k in self._obs_keys()}
+        self._history.append(step)
+        if not self.streaming:
+            return
+        if self._cache is None or instruction != self._instruction:
+            # A new instruction changes the prefix every cached token read: rebuild from the history.
+            self._cache = self.model.start_stream(self._lang([instruction]))
+            self._instruction = instruction
+            for past in self._history:
+                self.model.stream_observe(self._cache, self._observation_tokens(past)[:, 0])
+        else:
+            self.model.stream_observe(self._cache, self._observation_tokens(step)[:, 0])
+
+    @torch.no_grad()
+    def predict(self, obs: dict[str, np.ndarray], instruction: str) -> Prediction:
+        """Observe, then predict the action chunk and the foreseen frames at this step."""
+        self.observe(obs, instruction)
+        if self.streaming:
+            h = self.model.stream_readout(self._cache)
+        else:
+            window = {k: torch.cat([s[k] for s in self._history], dim=1) for k in self._obs_keys()}
+            h = self.model(self._lang([instruction]), self._observation_tokens(window), readouts="last")[:, -1]
+        return self._decode(h)
+
+    def _obs_keys(self) -> list[str]:
+        return [*self.image_keys, keys.OBS_STATE]
+
+    def _decode(self, h: torch.Tensor) -> Prediction:
+        """Readout states (1, n_readout, d) -> raw-unit actions and uint8 frames."""
+        obs_readouts, act = self.model.split_readouts(h)
+        chunk = self.model.action_head.sample(act)[0]
+        actions = self.normalizer.unnormalize(keys.ACTION, chunk)
+        if self.cfg.model.gripper and self.cfg.model.action_head == "mlp":
+            # The head gives the probability of closing: answer with the store's closed or open command.
+            closed = chunk[:, -1] > 0.5
+            low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
+            actions[:, -1] = torch.where(closed, high, low)
+        foresight = {}
+        for key in self.image_keys:
+            decoder = self.model.foresight[keys.camera_of(key)]
+            foresight[key] = decoder.to_frames(decoder(obs_readouts[keys.camera_of(key)]))[0].cpu().numpy()
+        return Prediction(actions.float().cpu().numpy(), foresight, self.cfg.data.foresight_offset)
+
+    def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        """One raw-unit action. Every call observes; a new chunk is predicted when the queue runs dry
+        or the instruction changes."""
+        if self._queue and instruction == self._queued_for:
+            self.observe(obs, instruction)
+        else:
+            self.last_prediction = self.predict(obs, instruction)
+            self._queue = deque(self.last_prediction.actions[: self.n_action_steps])
+            self._queued_for = instruction
+        return self._queue.popleft().astype(np.float32)
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, directory / CONFIG)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+        """Load from a checkpoint directory or a run directory (its latest checkpoint)."""
+        from vla.checkpoint import resolve
+
+        directory = resolve(directory)
+        policy = cls(load_config(directory / CONFIG))
+        policy.load_state_dict(load_file(directory / WEIGHTS))
+        return policy.to(device).eval()

@@ -1,0 +1,298 @@
+"""One flat loop for pretraining and finetuning: AdamW, warmup + cosine, clipping, EMA, bf16 autocast,
+gradient accumulation, periodic validation and checkpoints, exact resume, `torchrun` data parallelism.
+
+    vla train --config configs/quickstart.yaml --set train.steps=500
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm import tqdm
+
+from vla import checkpoint
+from vla.config import Config, load_config
+from vla.datasets.sampler import WindowSpec, collate, make_datasets
+from vla.datasets.stats import get_stats
+from vla.datasets.store import TrajectoryStore
+from vla.errors import UserError
+from vla.policies.vla_policy import VLAPolicy
+
+log = logging.getLogger(__name__)
+
+
+# --- data --------------------------------------------------------------------------------------------
+class MixtureOrder:
+    """Which windows each epoch visits: a pure function of (seed, epoch). One store: a permutation;
+    several: each draw picks a store by weight, then a window of it uniformly."""
+
+    def __init__(self, sizes: list[int], weights: list[float], seed: int):
+        self.sizes, self.seed = sizes, seed
+        self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        if len(self.sizes) == 1:
+            return rng.permutation(self.sizes[0])
+        store = rng.choice(len(self.sizes), size=sum(self.sizes), p=self.weights)
+        within = (rng.random(len(store)) * np.asarray(self.sizes)[store]).astype(np.int64)
+        return self.offsets[store] + within
+
+
+def batches(dataset, order: MixtureOrder, batch_size: int, epoch: int, start: int, rank=0, world=1, workers=0):
+    """Yield (epoch, index of the batch in its epoch, batch) forever, starting at (epoch, start)."""
+    while True:
+        indices = order(epoch)[rank::world]
+        n = len(indices) // batch_size
+        if n == 0:
+            raise UserError(f"{len(indices)} training windows per process are fewer than one batch of {batch_size}")
+        plan = [indices[i * batch_size : (i + 1) * batch_size].tolist() for i in range(start, n)]
+        loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers)
+        for i, batch in enumerate(loader, start=start):
+            yield epoch, i, batch
+        epoch, start = epoch + 1, 0
+
+
+def build_data(cfg: Config):
+    """Train dataset (a mixture), validation dataset, features and statistics of the first store."""
+    if not cfg.data.stores:
+        raise UserError("no training stores: set data.stores in the config (a list of {path, weight})")
+    window = WindowSpec(cfg.data.history, cfg.data.chunk, cfg.data.foresight_offset)
+    stores = [TrajectoryStore.open(s.path) for s in cfg.data.stores]
+    splits = [make_datasets(s, window, cfg.data.val_fraction, cfg.train.seed) for s in stores]
+    train = ConcatDataset([t for t, _ in splits])
+    vals = [v for _, v in splits if v is not None]
+    order = MixtureOrder([len(t) for t, _ in splits], [s.weight for s in cfg.data.stores], cfg.train.seed)
+    features = {k: spec.to_json() for k, spec in stores[0].specs.items()}
+    return train, (ConcatDataset(vals) if vals else None), order, features, get_stats(stores[0])
+
+
+# --- optimisation ------------------------------------------------------------------------------------
+def make_optimizer(policy: torch.nn.Module, cfg: Config):
+    decay = [p for p in policy.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in policy.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+    t = cfg.train
+
+    def lr_factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
+class EMA:
+    """An exponential moving average of the weights (float copies of every parameter and buffer)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm up: early weights are not worth remembering
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.state[k].copy_(v)
+
+
+def init_from(policy: VLAPolicy, directory: str) -> dict[str, list[str]]:
+    """Load the weights of a checkpoint whose names and shapes match; report what matched."""
+    source = load_file(checkpoint.resolve(directory) / "model.safetensors")
+    own = policy.state_dict()
+    matched = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
+    skipped = [k for k in source if k not in matched]
+    fresh = [k for k in own if k not in source or k in skipped]
+    policy.load_state_dict({**own, **{k: source[k] for k in matched}})
+    return {"matched": matched, "skipped": skipped, "fresh": fresh}
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # training loss per optimizer step of this call
+    val_loss: float | None = None
+    init_report: dict | None = None
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.train.device != "auto":
+        return torch.device(cfg.train.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
+def prepare(cfg: Config, resume: bool) -> Config:
+    """The config a run trains with: on resume, the run's own resolved config."""
+    out = Path(cfg.train.out)
+    if resume:
+        saved = load_config(checkpoint.resolve(out) / "config.yaml")
+        saved.train.steps = cfg.train.steps  # the one thing a resume may change: how far to go
+        return saved
+    if (out / checkpoint.CHECKPOINT).exists():
+        raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or set train.out elsewhere")
+    return cfg
+
+
+def train(
+    cfg: Config, resume: bool = False, init: str | None = None, progress: bool = True, stop_at: int | None = None
+) -> TrainResult:
+    """Train to `cfg.train.steps` (or stop early at `stop_at` with a checkpoint, as an interruption would)."""
+    cfg = prepare(cfg, resume)
+    rank, world = _distributed()
+    device, out = _device(cfg), Path(cfg.train.out)
+    torch.manual_seed(cfg.train.seed + rank)
+    train_set, val_set, order, features, stats = build_data(cfg)
+    cfg.features = features
+    policy = VLAPolicy(cfg, stats).to(device).train()
+    result = TrainResult(out, cfg.train.steps)
+    if init:
+        result.init_report = init_from(policy, init)
+    opt, sched = make_optimizer(policy, cfg)
+    ema = EMA(policy, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    step, epoch, start = 0, 0, 0
+    if resume:
+        state = checkpoint.load_train_state(checkpoint.resolve(out))
+        policy.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        for group, base in zip(opt.param_groups, sched.base_lrs):  # train.steps may have changed the schedule
+            group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
+        if ema:
+            ema.state = {k: v.float() for k, v in load_file(checkpoint.resolve(out) / "model.safetensors").items()}
+        checkpoint.set_rng_state(state["rng"])
+        step, epoch, start = int(state["step"]), int(state["epoch"]), int(state["batch"])
+    model = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.index else None)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = MetricLogger(out, enabled=rank == 0)
+    stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    tick = time.perf_counter()
+    last = min(cfg.train.steps, stop_at or cfg.train.steps)
+    while step < last:
+        metrics: dict[str, float] = {}
+        for _ in range(cfg.train.grad_accum):
+            epoch, index, batch = next(stream)
+            with autocast:
+                loss, metrics = model(batch)
+            (loss / cfg.train.grad_accum).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if ema:
+            ema.update(policy, step)
+        loss = float(loss.detach())
+        result.losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            rate = (
+                cfg.train.log_every * cfg.train.batch_size * cfg.train.grad_accum * world / (time.perf_counter() - tick)
+            )
+            logger.log(step, "train", {"loss": loss, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
+                                       "samples_per_s": rate, **metrics})  # fmt: skip
+            tick = time.perf_counter()
+        if val_set is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+            result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device)
+            logger.log(step, "val", {"loss": result.val_loss})
+        if rank == 0 and (step % cfg.train.save_every == 0 or step == last):
+            position = {"epoch": epoch, "batch": index + 1}
+            save(cfg, policy, ema, opt, sched, step, position, out)
+    bar.close()
+    logger.close()
+    return result
+
+
+@torch.no_grad()
+def validate(cfg: Config, weights: dict, stats, val_set, device, max_batches: int = 20) -> float:
+    """Mean loss of the (EMA) weights over up to `max_batches` validation batches, in a fixed order."""
+    with torch.random.fork_rng():  # building a model draws random numbers: keep the training stream intact
+        policy = VLAPolicy(cfg, stats).to(device).eval()
+    policy.load_state_dict(weights)
+    plan = np.array_split(np.arange(len(val_set)), max(1, len(val_set) // cfg.train.batch_size))[:max_batches]
+    loader = DataLoader(val_set, batch_sampler=[p.tolist() for p in plan], collate_fn=collate)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        losses = [float(policy(batch)[0]) for batch in loader]
+    return float(np.mean(losses))
+
+
+def save(cfg, policy, ema, opt, sched, step, position, out) -> Path:
+    weights = ema.state if ema else {k: v.detach().float() for k, v in policy.state_dict().items()}
+
+    def save_policy(directory: Path) -> None:
+        from vla.config import save_config
+
+        save_config(cfg, directory / "config.yaml")
+        save_file({k: v.cpu().contiguous() for k, v in weights.items()}, directory / "model.safetensors")
+
+    state = {
+        "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "step": step,
+        **position,
+    }
+    return checkpoint.write(out, save_policy, state)
+
+
+class MetricLogger:
+    """JSONL always; TensorBoard when the package is there."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = open(out / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.file.flush()
+        if self.tb:
+            for name, value in values.items():
+                self.tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
