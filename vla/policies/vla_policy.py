@@ -65,6 +65,7 @@ class VLAPolicy(nn.Module):
         self.language = sentence_encoder(cfg.model.language_model)
         self.n_action_steps = cfg.train.n_action_steps
         self.streaming = True  # False: recompute the whole window every step (for comparison)
+        self.foresee = True  # decode the foreseen frames with every prediction (off: actions only, faster)
         self.reset()
 
     # --- inputs --------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ class VLAPolicy(nn.Module):
             low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
             actions[:, -1] = torch.where(closed, high, low)
         foresight = {}
-        for key in self.image_keys:
+        for key in self.image_keys if self.foresee else []:
             decoder = self.model.foresight[keys.camera_of(key)]
             foresight[key] = decoder.to_frames(decoder(obs_readouts[keys.camera_of(key)]))[0].cpu().numpy()
         return Prediction(actions.float().cpu().numpy(), foresight, self.cfg.data.foresight_offset)

@@ -1,0 +1,53 @@
+"""Shared pieces of the benchmarks: a policy of a given preset on Meta-World-shaped features."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla import keys
+from vla.config import load_config
+from vla.policies.vla_policy import VLAPolicy
+
+CAMERA = keys.image_key("corner")
+FEATURES = {
+    CAMERA: keys.image_spec("corner", 64),
+    keys.OBS_STATE: keys.state_spec("end-effector xyz + gripper", 4),
+    keys.ACTION: keys.action_spec("end-effector dxyz + gripper", 4),
+}
+
+
+def make_policy(
+    preset: str, history: int, chunk: int = 10, device: str = "cpu", language_model: str = "minilm", **train
+) -> VLAPolicy:
+    overrides = [f"model.preset={preset}", f"data.history={history}", f"data.chunk={chunk}"]
+    overrides.append(f"model.language_model={language_model}")
+    overrides += [f"train.{k}={v}" for k, v in train.items()]
+    cfg = load_config(overrides=overrides)
+    cfg.features = {k: s.to_json() for k, s in FEATURES.items()}
+    torch.manual_seed(0)
+    return VLAPolicy(cfg).to(device)
+
+
+def random_observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        CAMERA: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        keys.OBS_STATE: rng.normal(size=4).astype(np.float32),
+    }
+
+
+def random_batch(batch_size: int, history: int, chunk: int, seed: int = 0) -> dict:
+    """A collated training batch of the sampler's shapes (random content: the cost does not depend on it)."""
+    g = torch.Generator().manual_seed(seed)
+    future = keys.future_key(CAMERA)
+    return {
+        CAMERA: torch.randint(0, 256, (batch_size, history, 64, 64, 3), generator=g, dtype=torch.uint8),
+        keys.pad_key(CAMERA): torch.zeros(batch_size, history, dtype=torch.bool),
+        keys.OBS_STATE: torch.randn(batch_size, history, 4, generator=g),
+        keys.pad_key(keys.OBS_STATE): torch.zeros(batch_size, history, dtype=torch.bool),
+        keys.ACTION: torch.randn(batch_size, chunk, 4, generator=g),
+        keys.pad_key(keys.ACTION): torch.zeros(batch_size, chunk, dtype=torch.bool),
+        future: torch.randint(0, 256, (batch_size, 64, 64, 3), generator=g, dtype=torch.uint8),
+        keys.pad_key(future): torch.zeros(batch_size, dtype=torch.bool),
+        keys.INSTRUCTION: ["press the button from the top"] * batch_size,
+    }

@@ -1,0 +1,79 @@
+"""Per-step inference latency: streaming (KV cache, one new timestep per call) versus recomputing the
+whole window, at history 10, for the `small` and `gr1` presets; and the largest difference between
+the actions the two produce on the same observations.
+
+    python bench/inference.py [--presets small,gr1] [--steps 40] [--device cpu]
+
+Each step is one `policy.predict` on a new observation: the action chunk, plus the foreseen frame
+when --foresight is given. Prints a table and, as its last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from common import make_policy, random_observation
+
+HISTORY = 10
+
+
+def run(policy, observations, streaming: bool, device: str) -> tuple[list[float], np.ndarray]:
+    policy.streaming = streaming
+    policy.reset()
+    times, actions = [], []
+    for obs in observations:
+        start = time.perf_counter()
+        prediction = policy.predict(obs, "press the button from the top")
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        actions.append(prediction.actions)
+    return times, np.stack(actions)
+
+
+def bench_preset(preset: str, steps: int, device: str, foresight: bool, language_model: str) -> dict:
+    policy = make_policy(preset, HISTORY, device=device, language_model=language_model).eval()
+    policy.foresee = foresight
+    rng = np.random.default_rng(0)
+    observations = [random_observation(rng) for _ in range(steps)]
+    run(policy, observations[:HISTORY], True, device)  # warm-up: kernels, caches, the sentence encoder
+    run(policy, observations[:HISTORY], False, device)
+    stream_t, stream_a = run(policy, observations, True, device)
+    full_t, full_a = run(policy, observations, False, device)
+    steady = slice(HISTORY, None)  # once the window is full, the cost a controller pays every step
+    return {
+        "preset": preset,
+        "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
+        "stream_ms": 1000 * float(np.median(stream_t[steady])),
+        "full_ms": 1000 * float(np.median(full_t[steady])),
+        "max_abs_diff": float(np.abs(stream_a - full_a).max()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="small,gr1")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
+    parser.add_argument("--foresight", action="store_true", help="also decode the foreseen frame every step")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    rows = [
+        bench_preset(p, args.steps, args.device, args.foresight, args.language_model) for p in args.presets.split(",")
+    ]
+    print(f"history {HISTORY}, device {args.device}, foresight {'on' if args.foresight else 'off'}")
+    print(f"{'preset':8s} {'params':>8s} {'stream ms':>10s} {'full ms':>9s} {'speedup':>8s} {'max |diff|':>11s}")
+    for r in rows:
+        r["speedup"] = r["full_ms"] / r["stream_ms"]
+        print(f"{r['preset']:8s} {r['params_m']:7.1f}M {r['stream_ms']:10.2f} {r['full_ms']:9.2f} "
+              f"{r['speedup']:7.1f}x {r['max_abs_diff']:11.2e}")  # fmt: skip
+    print(json.dumps({"device": args.device, "history": HISTORY, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()

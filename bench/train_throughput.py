@@ -1,0 +1,104 @@
+"""Training throughput: samples/s and achieved FLOP/s against the bf16 matmul peak measured in the same run.
+
+    python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 20] [--device cpu]
+
+FLOPs per step are counted by torch's FlopCounterMode over one forward and backward (matmuls,
+convolutions, attention); the peak is the best of large square bf16 matmuls timed here. Prints a
+table and, as its last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from common import make_policy, random_batch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, size: int, repeats: int = 10) -> float:
+    """Best FLOP/s of a (size x size) @ (size x size) bf16 matmul."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def train_step(policy, opt, batch, device: str, bf16: bool) -> None:
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = policy(batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--history", type=int, default=4)
+    parser.add_argument("--chunk", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the policy")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
+    args = parser.parse_args()
+    device, bf16 = args.device, not args.fp32
+    peak = matmul_peak(device, 8192 if device.startswith("cuda") else 2048)
+    policy = make_policy(
+        args.preset, args.history, args.chunk, device=device, language_model=args.language_model
+    ).train()
+    model = torch.compile(policy) if args.compile else policy
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    batch = random_batch(args.batch, args.history, args.chunk)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with FlopCounterMode(display=False) as counter:
+        train_step(policy, opt, batch, device, bf16)
+    flops = counter.get_total_flops()
+    for _ in range(3):  # warm-up
+        train_step(model, opt, batch, device, bf16)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        train_step(model, opt, batch, device, bf16)
+    sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    result = {
+        "device": device,
+        "preset": args.preset,
+        "batch": args.batch,
+        "history": args.history,
+        "bf16": bf16,
+        "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 2),
+        "step_ms": round(1000 * seconds, 1),
+        "samples_per_s": round(args.batch / seconds, 1),
+        "gflop_per_step": round(flops / 1e9, 2),
+        "achieved_tflops": round(flops / seconds / 1e12, 3),
+        "peak_bf16_tflops": round(peak / 1e12, 3),
+    }
+    result["fraction_of_peak"] = round(flops / seconds / peak, 3)
+    print(
+        f"{'preset':8s} {'batch':>5s} {'step ms':>8s} {'samples/s':>10s} {'TFLOP/s':>8s} {'peak':>7s} {'of peak':>8s}"
+    )
+    r = result
+    print(f"{args.preset:8s} {args.batch:5d} {r['step_ms']:8.1f} {r['samples_per_s']:10.1f} "
+          f"{r['achieved_tflops']:8.3f} {r['peak_bf16_tflops']:7.2f} {r['fraction_of_peak']:8.1%}")  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

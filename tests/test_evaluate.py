@@ -1,0 +1,222 @@
+"""`vla eval`: Wilson intervals, expert/zero baselines on Meta-World, workers, latency charging, refusals."""
+
+import json
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from vla import keys
+from vla.cli import main
+from vla.eval_report import BORDER, VIDEO_PANEL, wilson_interval
+from vla.evaluate import EvalConfig, Setup, prepare, run_episode
+
+TASKS = "reach-v3,drawer-close-v3"
+
+
+def run_eval(out, *extra):
+    return main(["eval", "--suite", "metaworld", "-q", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize(
+    "successes, n, low, high",
+    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (8, 10, 0.4902, 0.9433), (1, 1, 0.2065, 1)],
+)
+def test_wilson_interval_known_values(successes, n, low, high):
+    lo, hi = wilson_interval(successes, n)
+    assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
+
+
+def test_wilson_interval_refuses_impossible_counts():
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+@pytest.fixture(scope="module")
+def expert_run(tmp_path_factory):
+    """The expert on two tasks x 2 episodes in-process, and again with 2 workers and no videos."""
+    tmp = tmp_path_factory.mktemp("eval")
+    assert run_eval(tmp / "one", "--policy", "expert", "--tasks", TASKS, "--episodes", "2", "--videos", "1") == 0
+    assert run_eval(tmp / "two", "--policy", "expert", "--tasks", TASKS, "--episodes", "2", "--videos", "0",
+                    "--workers", "2") == 0  # fmt: skip
+    return tmp
+
+
+def test_expert_succeeds_and_writes_the_report(expert_run):
+    report = json.loads((expert_run / "one" / "report.json").read_text())
+    assert set(report["tasks"]) == {"reach-v3", "drawer-close-v3"}
+    for stats in report["tasks"].values():
+        assert stats["episodes"] == 2 and stats["success_rate"] == 1.0
+        assert stats["ci95"] == pytest.approx(list(wilson_interval(2, 2)))
+    assert [m["label"] for m in report["means"]] == ["mean over the 2 evaluated tasks"]
+    assert report["means"][0]["success_rate"] == 1.0
+    assert report["config"]["cameras"] == ["corner"] and report["config"]["image_size"] == 64
+    assert report["latency"]["charged"] is False and report["latency"]["steps_charged"] == 0
+    assert len(report["episodes"]) == 4
+    for e in report["episodes"]:
+        assert e["success"] and 0 < e["steps_to_success"] <= e["steps"] == e["steps_to_success"] + 2
+        assert e["instruction"] and isinstance(e["seed"], int)
+    md = (expert_run / "one" / "report.md").read_text()
+    assert "| reach-v3 | 2/2 | 100.0% |" in md and "mean over the 2 evaluated tasks" in md
+
+
+def test_video_decodes_with_the_expected_frame_size(expert_run):
+    report = json.loads((expert_run / "one" / "report.json").read_text())
+    with_video = [e for e in report["episodes"] if e["video"]]
+    assert [e["index"] for e in with_video] == [0, 0]  # --videos 1: the first episode of each task
+    frames = iio.imread(expert_run / "one" / with_video[0]["video"], plugin="pyav")
+    side = 64 * (VIDEO_PANEL // 64)
+    assert frames.shape == (with_video[0]["steps"] + 1, side + 2 * BORDER, 2 * side + 2 * BORDER, 3)
+    assert not list((expert_run / "two" / "videos").iterdir())
+
+
+def test_an_existing_report_is_not_overwritten(expert_run, capsys):
+    before = (expert_run / "one" / "report.json").read_text()
+    assert run_eval(expert_run / "one", "--policy", "zero", "--tasks", "reach-v3") == 2
+    assert "already holds an evaluation report" in capsys.readouterr().err
+    assert (expert_run / "one" / "report.json").read_text() == before
+
+
+def test_workers_give_the_same_episodes(expert_run):
+    fields = ("task", "index", "seed", "instruction", "success", "steps", "steps_to_success")
+    one, two = (json.loads((expert_run / d / "report.json").read_text())["episodes"] for d in ("one", "two"))
+    assert [[e[f] for f in fields] for e in one] == [[e[f] for f in fields] for e in two]
+
+
+def test_eval_seeds_differ_from_collect_seeds():
+    from vla.collect import episode_seed
+
+    plan = prepare(EvalConfig("zero", tasks="reach-v3", out="unused"))
+    assert plan.setup.split == "train" and plan.tasks == ["reach-v3"] and plan.policy is None
+    collected = {episode_seed(0, "metaworld", "train", "reach-v3", i) for i in range(100)}
+    assert not collected & {episode_seed(0, "metaworld", "eval/train", "reach-v3", i) for i in range(100)}
+
+
+def test_zero_policy_never_reaches(tmp_path):
+    out = tmp_path / "zero"
+    assert run_eval(out, "--policy", "zero", "--tasks", "reach-v3", "--episodes", "3", "--max-steps", "40",
+                    "--videos", "0") == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"]["reach-v3"]["successes"] == 0
+    assert all(e["steps"] == 40 and e["steps_to_success"] is None for e in report["episodes"])
+
+
+def test_charge_latency_runs_and_records_latency(tmp_path):
+    out = tmp_path / "latency"
+    assert run_eval(out, "--policy", "zero", "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "30",
+                    "--videos", "0", "--charge-latency") == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    lat, (episode,) = report["latency"], report["episodes"]
+    assert lat["charged"] and lat["mean_s"] > 0 and lat["steps_charged"] > 0
+    # Any non-zero latency costs at least one held step per call here.
+    assert episode["inferences"] + episode["steps_charged"] == episode["steps"] == 30
+
+
+class _CountingEnv:
+    """A stand-in env at 10 Hz that records the actions it is stepped with; success at step 5."""
+
+    fps = 10.0
+
+    def __init__(self, success_at: int = 10**9):
+        self.applied, self.success_at = [], success_at
+        self.action_space = type("Space", (), {"shape": (1,)})()
+
+    @property
+    def unwrapped(self):
+        return self
+
+    def reset(self, seed=None):
+        self.applied = []
+        return {keys.OBS_STATE: np.zeros(1, np.float32)}, {keys.TASK: "count", keys.INSTRUCTION: "count up"}
+
+    def step(self, action):
+        self.applied.append(float(action[0]))
+        info = {keys.SUCCESS: len(self.applied) >= self.success_at}
+        return {keys.OBS_STATE: np.zeros(1, np.float32)}, 0.0, False, False, info
+
+
+class _CountingPolicy:
+    """Returns 1, 2, 3, ... and takes `delay` seconds per call (0.15 s: two env steps at 10 Hz)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls, self.delay, self.last_prediction = 0, delay, None
+
+    def reset(self):
+        self.calls = 0
+
+    def select_action(self, obs, instruction):
+        time.sleep(self.delay)
+        self.calls += 1
+        return np.array([self.calls], np.float32)
+
+
+def _setup(**kw) -> Setup:
+    base = dict(suite="x", split="train", policy_kind="zero", policy_path=None, image_size=64, cameras=(),
+                max_steps=8, chain=False, charge_latency=True, steps_after_success=2, video_dir="unused")  # fmt: skip
+    return Setup(**{**base, **kw})
+
+
+def test_latency_holds_the_previous_action():
+    env = _CountingEnv()
+    result, _ = run_episode(env, _CountingPolicy(delay=0.15), 0, _setup())
+    # Each call costs ceil(0.15 s * 10 Hz) = 2 held steps of the previous action (zero before the first).
+    assert env.applied == [0, 0, 1, 1, 1, 2, 2, 2]
+    assert (result.steps, result.inferences, result.steps_charged) == (8, 3, 6)
+    assert result.latency_s >= 0.15
+
+
+def test_episode_ends_a_few_steps_after_success():
+    env = _CountingEnv(success_at=5)
+    result, _ = run_episode(env, _CountingPolicy(), 0, _setup(charge_latency=False, max_steps=100))
+    assert env.applied == [1, 2, 3, 4, 5, 6, 7]
+    assert result.success and result.steps_to_success == 5 and result.steps == 7
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--suite", "dmc", "--tasks", "reach-v3"], "unknown suite 'dmc'; valid: metaworld, tabletop"),
+        (["--tasks", "fly-v3"], "unknown metaworld task 'fly-v3'; valid: mt10, mt50, all, "),
+        (["--tasks", "reach-v3", "--split", "unseen"], "unknown metaworld split 'unseen'; valid: train"),
+        (["--tasks", "reach-v3", "--episodes", "0"], "--episodes must be >= 1, got 0"),
+        (["--tasks", "reach-v3", "--chain"], "--chain needs a suite with instruction chains; metaworld has none"),
+        ([], "--tasks is required"),
+        (["--suite", "tabletop", "--chain", "--tasks", "open-drawer"], "leave out --tasks"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "bad"
+    assert run_eval(out, "--policy", "zero", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("make_files", [(), ("config.yaml",)])
+def test_a_directory_that_is_not_a_checkpoint_is_refused(tmp_path, capsys, make_files):
+    policy = tmp_path / "ckpt"
+    policy.mkdir()
+    for name in make_files:
+        (policy / name).write_text("")
+    assert main(["eval", "--policy", str(policy), "--tasks", "reach-v3", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is neither zero nor expert nor a checkpoint directory (no config.yaml + model.safetensors" in err
+    assert err.count("\n") == 1 and sorted(p.name for p in policy.iterdir()) == sorted(make_files)
+
+
+def test_chain_reports_calvin_metrics(tmp_path):
+    out = tmp_path / "chain"
+    assert main(["eval", "--policy", "expert", "--suite", "tabletop", "--chain", "--episodes", "1", "--videos", "0",
+                 "-q", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    (episode,), chain = report["episodes"], report["chain"]
+    assert list(report["tasks"]) == ["chain"] and report["means"] == []
+    n = episode["chain_length"]
+    assert chain["avg_chain_length"] == n and chain["chain_size"] == episode["chain_size"] == 5
+    assert [p["successes"] for p in chain["success_at_position"]] == [int(n > i) for i in range(5)]
+    assert len(episode["instructions"]) == min(n + 1, 5) and len(set(episode["instructions"])) == len(
+        episode["instructions"]
+    )
+    assert n == 5 and episode["success"]  # the scripted expert completes this chain
+    assert "Average chain length 5.00 of 5" in (out / "report.md").read_text()

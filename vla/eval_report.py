@@ -1,0 +1,224 @@
+"""What `vla eval` writes: success statistics with Wilson intervals, report.json, report.md and videos.
+
+Every average in a report says what it averages: the mean over the evaluated tasks, and the mean over
+each suite group (e.g. "mt10") whose tasks were all evaluated. Tasks weigh equally in a mean; the 95%
+interval of a mean is the Wilson interval of the pooled episodes, which is conservative when tasks have
+the same number of episodes (the spread between tasks only narrows the true interval).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from vla import keys
+
+log = logging.getLogger(__name__)
+
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+REPORT_FORMAT, REPORT_VERSION = "vla-eval", 1
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion successes / n (Wilson 1927).
+
+    centre = (p + z^2 / 2n) / (1 + z^2 / n),  half = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2).
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0/n or n/n.
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes}/{n}")
+    p, z2 = successes / n, z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+def _rate(successes: int, n: int) -> dict:
+    lo, hi = wilson_interval(successes, n)
+    return {"episodes": n, "successes": successes, "success_rate": successes / n, "ci95": [lo, hi]}
+
+
+def _task_stats(episodes: list[dict]) -> dict:
+    stats = _rate(sum(e["success"] for e in episodes), len(episodes))
+    to_success = [e["steps_to_success"] for e in episodes if e["success"]]
+    stats["mean_steps"] = float(np.mean([e["steps"] for e in episodes]))
+    stats["mean_steps_to_success"] = float(np.mean(to_success)) if to_success else None
+    return stats
+
+
+def _mean(name: str, label: str, tasks: list[str], per_task: dict) -> dict:
+    """Mean of per-task success rates, with the Wilson interval of the pooled episodes."""
+    pooled = _rate(sum(per_task[t]["successes"] for t in tasks), sum(per_task[t]["episodes"] for t in tasks))
+    rate = float(np.mean([per_task[t]["success_rate"] for t in tasks]))
+    return {"name": name, "label": label, "tasks": tasks, **pooled, "success_rate": rate}
+
+
+def _means(tasks: list[str], groups: dict[str, list[str]], per_task: dict) -> list[dict]:
+    means = [_mean("tasks", f"mean over the {len(tasks)} evaluated tasks", tasks, per_task)]
+    for name, members in groups.items():
+        if set(members) <= set(tasks) and len(members) > 0:
+            label = f"mean over the {len(members)} tasks of {name}"
+            means.append(_mean(name, label, list(members), per_task))
+    return means
+
+
+def _latency(episodes: list[dict], charged: bool) -> dict:
+    inferences = sum(e["inferences"] for e in episodes)
+    total_s = sum(e["latency_s"] * e["inferences"] for e in episodes)
+    steps_charged = sum(e["steps_charged"] for e in episodes)
+    return {
+        "charged": charged,
+        "mean_s": total_s / inferences,  # per select_action call, over every call of the run
+        "inferences": inferences,
+        "steps_charged": steps_charged,
+        "steps_charged_per_inference": steps_charged / inferences,
+    }
+
+
+def _chain_stats(episodes: list[dict]) -> dict:
+    """CALVIN's metrics: average chain length and success rate at each position of the chain."""
+    size = max(e["chain_size"] for e in episodes)
+    lengths = [e["chain_length"] for e in episodes]
+    positions = [_rate(sum(n >= i for n in lengths), len(lengths)) for i in range(1, size + 1)]
+    return {"chains": len(lengths), "chain_size": size, "avg_chain_length": float(np.mean(lengths)),
+            "success_at_position": positions}  # fmt: skip
+
+
+def build_report(
+    config: dict, policy_kind: str, tasks: list[str], groups: dict, episodes: list[dict], seconds: float
+) -> dict:
+    """The whole evaluation as one JSON-able dict; `episodes` are `EpisodeResult`s as dicts."""
+    per_task = {t: _task_stats([e for e in episodes if e["task"] == t]) for t in tasks}
+    chained = all(e["chain_length"] is not None for e in episodes)
+    return {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "config": config,
+        "policy_kind": policy_kind,
+        "seconds": seconds,
+        "tasks": per_task,
+        "means": [] if chained else _means(tasks, groups, per_task),  # a chain has its own table
+        "latency": _latency(episodes, config["charge_latency"]),
+        "chain": _chain_stats(episodes) if chained else None,
+        "episodes": episodes,
+    }
+
+
+# --- writing ------------------------------------------------------------------------------------
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _row(name: str, stats: dict, extra: str) -> str:
+    lo, hi = stats["ci95"]
+    rate = f"{stats['successes']}/{stats['episodes']}"
+    return f"| {name} | {rate} | {_pct(stats['success_rate'])} | {_pct(lo)} - {_pct(hi)} | {extra} |"
+
+
+def format_markdown(report: dict) -> str:
+    """The report as a Markdown table per task, then each mean with what it averages."""
+    cfg = report["config"]
+    lines = [
+        f"# {cfg['policy']} on {cfg['suite']} ({cfg['split']})",
+        "",
+        f"{cfg['episodes']} {'chains' if cfg['chain'] else 'episodes per task'}, seed {cfg['seed']}, "
+        f"latency {'charged' if cfg['charge_latency'] else 'not charged'}, {report['seconds']:.0f} s",
+        "",
+        "| task | successes | success | 95% Wilson CI | mean steps to success |",
+        "|---|---|---|---|---|",
+    ]
+    for task, stats in report["tasks"].items():
+        steps = stats["mean_steps_to_success"]
+        lines.append(_row(task, stats, "-" if steps is None else f"{steps:.0f}"))
+    for mean in report["means"]:
+        lines.append(_row(f"**{mean['label']}**", mean, "CI over the pooled episodes"))
+    lat = report["latency"]
+    lines += [
+        "",
+        f"Mean select_action latency {1000 * lat['mean_s']:.2f} ms over {lat['inferences']} calls; "
+        f"{lat['steps_charged']} env steps charged ({lat['steps_charged_per_inference']:.2f} per call).",
+    ]
+    if report["chain"]:
+        lines += _chain_markdown(report["chain"])
+    return "\n".join(lines) + "\n"
+
+
+def _chain_markdown(chain: dict) -> list[str]:
+    lines = [
+        "",
+        f"Average chain length {chain['avg_chain_length']:.2f} of {chain['chain_size']} over {chain['chains']} chains.",
+        "",
+        "| subtasks completed in a row | chains | rate | 95% Wilson CI |",
+        "|---|---|---|---|",
+    ]
+    for i, pos in enumerate(chain["success_at_position"], 1):
+        lo, hi = pos["ci95"]
+        rate = f"{pos['successes']}/{pos['episodes']}"
+        lines.append(f"| >= {i} | {rate} | {_pct(pos['success_rate'])} | {_pct(lo)} - {_pct(hi)} |")
+    return lines
+
+
+def write_report(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(format_markdown(report))
+
+
+# --- videos -------------------------------------------------------------------------------------
+VIDEO_PANEL = 256  # upscale (nearest) so a panel is about this many pixels wide
+BORDER = 4
+_GREY, _GREEN, _RED = (96, 96, 96), (40, 200, 60), (220, 40, 40)
+
+
+def video_frame(obs: dict[str, np.ndarray], policy, success: bool) -> tuple[list, bool]:
+    """One step of a video: per camera the real frame and the foresight for it (None if none)."""
+    pred = getattr(policy, "last_prediction", None)
+    foresight = pred.foresight if pred is not None else {}
+    panels = []
+    for key in (k for k in obs if keys.is_image_key(k)):  # the env's camera order
+        future = foresight.get(key)
+        panels.append((obs[key], None if future is None else np.array(future, np.uint8)))
+    return panels, success
+
+
+def _compose(panels: list, colour: tuple[int, int, int]) -> np.ndarray:
+    """Cameras as rows of [real | foresight], upscaled, inside a border of `colour`."""
+    size = panels[0][0].shape[0]
+    scale = max(1, VIDEO_PANEL // size)
+    rows = []
+    for real, future in panels:
+        future = np.zeros_like(real) if future is None else _fit(future, real.shape)
+        rows.append(np.concatenate([real, future], axis=1))
+    grid = np.concatenate(rows, axis=0).repeat(scale, axis=0).repeat(scale, axis=1)  # (R*S*k, 2*S*k, 3)
+    h, w = grid.shape[:2]
+    # yuv420p needs even sides: the border absorbs an odd pixel.
+    frame = np.empty((h + 2 * BORDER + h % 2, w + 2 * BORDER + w % 2, 3), np.uint8)
+    frame[:] = colour
+    frame[BORDER : BORDER + h, BORDER : BORDER + w] = grid
+    return frame
+
+
+def _fit(image: np.ndarray, shape: tuple) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w, 3) image to `shape`, for foresight of another size."""
+    if image.shape == shape:
+        return image
+    rows = np.arange(shape[0]) * image.shape[0] // shape[0]
+    cols = np.arange(shape[1]) * image.shape[1] // shape[1]
+    return image[rows][:, cols]
+
+
+def write_video(path: Path, frames: list, fps: float) -> None:
+    """MP4 (H.264) of `frames` from `video_frame`: grey border before success, green after; red if never."""
+    import imageio.v3 as iio
+
+    succeeded = frames[-1][1]
+    images = [_compose(panels, (_GREEN if ok else _GREY) if succeeded else _RED) for panels, ok in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.stack(images), plugin="pyav", codec="libx264", fps=max(1, round(fps)))
+    log.debug("wrote %s (%d frames)", path, len(images))

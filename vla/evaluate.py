@@ -1,0 +1,392 @@
+"""`vla eval`: roll a policy out in a suite's envs and report success with confidence intervals.
+
+Every episode's seed is `vla.collect.episode_seed(seed, suite, "eval/" + split, task, i)`: a pure
+function of the arguments, disjoint from the seeds `vla collect` draws for training data (those use the
+plain split name), and recorded in the report, so the same command repeats the same scenes.
+
+Episodes run in `--workers` spawned processes; each builds its policy once and one env per task it
+meets, and reuses them. Results come back in job order, so the report does not depend on the number
+of workers (unless latency is charged: then wall time, and so the outcome, depends on the machine).
+
+Latency charging (`charge_latency`): the wall time L of each `select_action` call becomes
+ceil(L * fps) env steps during which the previous action keeps being applied before the new one takes
+effect, as on a robot that keeps moving while the policy thinks. The rounding is up, so any non-zero
+latency costs at least one step; before the first action of an episode the held action is zero.
+
+An episode ends `steps_after_success` steps after its first success (so a video shows it), at
+`max_steps`, or when the env terminates or truncates. With `chain`, the suite's chain env
+(`suite.make_chain_env`) gives one scene several instructions in turn; the instruction in force is
+read from each step's info, and `info["chain_length"]` gives CALVIN's chain length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla import envs, keys
+from vla.collect import episode_seed
+from vla.errors import UserError
+from vla.eval_report import build_report, video_frame, write_report, write_video
+from vla.policies.base import ExpertPolicy, ZeroPolicy
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("zero", "expert")  # --policy values that need no checkpoint
+CHECKPOINT_FILES = ("config.yaml", "model.safetensors")
+NO_LIMIT = 100_000  # rollout backstop when the env's own truncation ends episodes
+CHAIN_TASK = "chain"  # the task name chains are reported (and seeded) under
+
+
+@dataclass
+class EvalConfig:
+    policy: str  # "zero", "expert" or a checkpoint directory
+    suite: str = "metaworld"
+    tasks: str | None = None  # a group, "all" or comma-separated task names; None only with chain
+    episodes: int = 10  # per task (or chains, with chain=True)
+    workers: int = 1
+    split: str = "train"
+    chain: bool = False
+    charge_latency: bool = False
+    seed: int = 0
+    videos: int = 2  # episodes per task recorded as MP4
+    out: str | None = None  # None: runs/eval/<suite>-<time>, or <checkpoint>/eval/<suite>-<time>
+    max_steps: int | None = None  # None: the suite's own episode limit
+    image_size: int | None = None  # zero/expert only; None: 64. A checkpoint brings its own.
+    steps_after_success: int = 2  # keep stepping this long after success, so the video shows it
+
+    def __post_init__(self):
+        if self.episodes < 1:
+            raise UserError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.videos < 0:
+            raise UserError(f"--videos must be >= 0, got {self.videos}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.image_size is not None and not 16 <= self.image_size <= 1024:
+            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
+
+
+@dataclass
+class Setup:
+    """What a worker needs to build its envs and policy: resolved and validated in the main process."""
+
+    suite: str
+    split: str
+    policy_kind: str  # "zero" | "expert" | "checkpoint"
+    policy_path: str | None
+    image_size: int
+    cameras: tuple[str, ...]
+    max_steps: int | None
+    chain: bool  # build chain envs (`suite.make_chain_env`): one scene, several instructions in turn
+    charge_latency: bool
+    steps_after_success: int
+    video_dir: str
+
+
+@dataclass
+class Job:
+    task: str
+    index: int  # episode number within the task
+    seed: int
+    video: bool
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    index: int
+    seed: int
+    instruction: str  # the first instruction (a chain's later ones are in `instructions`)
+    success: bool
+    steps: int  # env steps taken, held (latency) steps included
+    steps_to_success: int | None  # env steps up to and including the first step reporting success
+    inferences: int = 0  # select_action calls
+    latency_s: float = 0.0  # mean wall time of select_action
+    steps_charged: int = 0  # env steps the previous action was held for latency
+    instructions: list[str] = field(default_factory=list)  # every instruction given, in order
+    chain_length: int | None = None  # subtasks completed in a row (chains only)
+    chain_size: int | None = None
+    video: str | None = None  # path relative to the report
+
+
+# --- one episode -------------------------------------------------------------------------------
+def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> tuple[EpisodeResult, list]:
+    """Roll `policy` out from `env.reset(seed)`; returns the result and, if `record`, video frames."""
+    obs, info = env.reset(seed=seed)
+    if isinstance(policy, ExpertPolicy):
+        policy.seed = seed  # the expert's noise is part of the episode
+    policy.reset()
+    fps, limit = env.unwrapped.fps, setup.max_steps or NO_LIMIT
+    result = EpisodeResult(info[keys.TASK], 0, seed, info[keys.INSTRUCTION], False, 0, None)
+    result.instructions = [info[keys.INSTRUCTION]]
+    frames = [video_frame(obs, policy, False)] if record else []
+    action = np.zeros(env.action_space.shape, np.float32)  # what the robot does before the first action
+    latencies, done = [], False
+    while not done and result.steps < limit:
+        start = time.perf_counter()
+        new_action = np.asarray(policy.select_action(obs, result.instructions[-1]), np.float32)
+        latencies.append(time.perf_counter() - start)
+        held = math.ceil(latencies[-1] * fps) if setup.charge_latency else 0
+        # The previous action runs on while the policy computes; then the new one takes effect.
+        for i, a in enumerate([action] * held + [new_action]):
+            obs, info, done = _step(env, a, result, setup)
+            result.steps_charged += i < held
+            if record:
+                frames.append(video_frame(obs, policy, result.success))
+            if done or result.steps >= limit:
+                break
+        action = new_action
+    result.inferences, result.latency_s = len(latencies), float(np.mean(latencies))
+    if "chain_length" in info:
+        result.chain_length, result.chain_size = int(info["chain_length"]), len(env.unwrapped.chain)
+    return result, frames
+
+
+def _step(env, action: np.ndarray, result: EpisodeResult, setup: Setup) -> tuple[dict, dict, bool]:
+    """One env step; updates `result` and says whether the episode is over."""
+    obs, _, terminated, truncated, info = env.step(action)
+    result.steps += 1
+    if info[keys.SUCCESS] and not result.success:
+        result.success, result.steps_to_success = True, result.steps
+    instruction = info.get(keys.INSTRUCTION, result.instructions[-1])
+    if instruction != result.instructions[-1]:
+        result.instructions.append(instruction)  # a chain moved on to its next subtask
+    after = result.success and result.steps - result.steps_to_success >= setup.steps_after_success
+    return obs, info, bool(terminated or truncated or after)
+
+
+# --- worker side -------------------------------------------------------------------------------
+class Worker:
+    """Builds the policy once and one env per task (the latest only), and runs jobs with them."""
+
+    def __init__(self, setup: Setup, loaded=None):
+        self.setup = setup
+        self.suite = envs.get_suite(setup.suite)
+        if loaded is None and setup.policy_kind == "checkpoint":
+            loaded = load_checkpoint(setup.policy_path)
+        self.loaded = loaded
+        self.task, self.env, self.policy = None, None, None
+
+    def _switch(self, task: str) -> None:
+        self.close()
+        s = self.setup
+        self.env = make_env(self.suite, task, s)
+        if s.policy_kind == "zero":
+            self.policy = ZeroPolicy(self.env.unwrapped.feature_specs())
+        elif s.policy_kind == "expert":
+            self.policy = ExpertPolicy(self.env, self.suite.make_expert(self.env))
+        else:
+            self.policy = self.loaded
+        self.task = task
+
+    def run(self, job: Job) -> EpisodeResult:
+        if job.task != self.task:
+            self._switch(job.task)
+        record = job.video and bool(self.setup.cameras)
+        result, frames = run_episode(self.env, self.policy, job.seed, self.setup, record)
+        result.task, result.index = job.task, job.index
+        if record:
+            name = f"{job.task}-{job.index:03d}.mp4"
+            write_video(Path(self.setup.video_dir) / name, frames, fps=self.env.unwrapped.fps)
+            result.video = f"videos/{name}"
+        return result
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.task, self.env, self.policy = None, None, None
+
+
+def make_env(suite, task: str, setup: Setup):
+    """The env for `task`; with `setup.chain` a chain env, whose step budget is per subtask."""
+    if setup.chain:
+        return suite.make_chain_env(image_size=setup.image_size, cameras=setup.cameras, split=setup.split)
+    return suite.make_env(
+        task, image_size=setup.image_size, cameras=setup.cameras, split=setup.split, max_episode_steps=setup.max_steps
+    )
+
+
+_worker: Worker | None = None
+
+
+def _init_worker(setup: Setup, threads: int) -> None:
+    global _worker
+    if setup.policy_kind == "checkpoint":
+        import torch
+
+        torch.set_num_threads(threads)  # workers share the cores instead of each taking all of them
+    _worker = Worker(setup)
+
+
+def _run_job(job: Job) -> EpisodeResult:
+    return _worker.run(job)
+
+
+# --- main side ---------------------------------------------------------------------------------
+def load_checkpoint(path: str):
+    """`VLAPolicy.from_pretrained(path)` for a checkpoint directory or a run directory holding one."""
+    from vla.checkpoint import resolve
+
+    try:
+        resolve(path)
+    except UserError:
+        raise UserError(
+            f"--policy {path!r} is neither {' nor '.join(BASELINES)} nor a checkpoint directory "
+            f"(no {' + '.join(CHECKPOINT_FILES)} in it or in its checkpoint/)"
+        ) from None
+    from vla.policies.vla_policy import VLAPolicy
+
+    return VLAPolicy.from_pretrained(path)
+
+
+def _env_shape(cfg: EvalConfig, suite, features: dict | None) -> tuple[int, tuple[str, ...]]:
+    """Image size and cameras: the checkpoint's, or `--image-size` and the suite's defaults."""
+    if features is None:
+        return cfg.image_size or 64, tuple(suite.default_cameras)
+    image_keys = [k for k in features if keys.is_image_key(k)]
+    cameras = tuple(keys.camera_of(k) for k in image_keys)
+    size = features[image_keys[0]].shape[0] if image_keys else cfg.image_size or 64
+    if cfg.image_size is not None and cfg.image_size != size:
+        raise UserError(f"--image-size {cfg.image_size} disagrees with the checkpoint's {size}; leave it out")
+    for cam in cameras:
+        if cam not in suite.cameras:
+            raise UserError(f"the policy reads camera {cam!r}, which {suite.name} lacks; it has {suite.cameras}")
+    return size, cameras
+
+
+def _check_features(features: dict[str, keys.Spec], env_specs: dict[str, keys.Spec], suite: str) -> None:
+    for key, spec in features.items():
+        if key not in env_specs:
+            raise UserError(f"the policy reads {key!r}, which {suite} does not provide; it has {list(env_specs)}")
+        if tuple(env_specs[key].shape) != tuple(spec.shape):
+            raise UserError(f"the policy expects {key} of shape {spec.shape}, {suite} gives {env_specs[key].shape}")
+
+
+def _tasks(cfg: EvalConfig, suite) -> list[str]:
+    if not cfg.chain:
+        if cfg.tasks is None:
+            raise UserError(f"--tasks is required; valid: {', '.join([*suite.groups, 'all'])} or task names")
+        return list(dict.fromkeys(envs.resolve_tasks(suite, cfg.tasks)))  # each task once
+    if not hasattr(suite, "make_chain_env"):
+        raise UserError(f"--chain needs a suite with instruction chains; {suite.name} has none")
+    if cfg.tasks is not None:
+        raise UserError("--chain evaluates chains drawn from all of the suite's tasks; leave out --tasks")
+    return [CHAIN_TASK]
+
+
+def _out_dir(cfg: EvalConfig, policy_kind: str) -> Path:
+    if cfg.out is not None:
+        out = Path(cfg.out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(cfg.policy) if policy_kind == "checkpoint" else Path("runs")
+        out = base / "eval" / f"{cfg.suite}-{stamp}"
+    if (out / "report.json").exists():
+        raise UserError(f"{out} already holds an evaluation report; choose another --out")
+    return out
+
+
+@dataclass
+class Plan:
+    setup: Setup
+    tasks: list[str]
+    out: Path
+    groups: dict[str, list[str]]  # the suite's named task groups
+    policy: object = None  # the loaded checkpoint policy (None for zero/expert)
+
+
+def prepare(cfg: EvalConfig) -> Plan:
+    """Validate everything before anything is written: bad input raises `UserError` and writes nothing."""
+    suite = envs.get_suite(cfg.suite)
+    split = envs.resolve_split(suite, cfg.split)
+    tasks = _tasks(cfg, suite)
+    kind = cfg.policy if cfg.policy in BASELINES else "checkpoint"
+    path = cfg.policy if kind == "checkpoint" else None
+    policy = load_checkpoint(path) if kind == "checkpoint" else None
+    features = policy.features if policy is not None else None
+    size, cameras = _env_shape(cfg, suite, features)
+    setup = Setup(cfg.suite, split, kind, path, size, cameras, cfg.max_steps, cfg.chain, cfg.charge_latency,
+                  cfg.steps_after_success, video_dir="")  # fmt: skip
+    probe = make_env(suite, tasks[0], setup)
+    try:
+        env_specs = probe.unwrapped.feature_specs()
+    finally:
+        probe.close()
+    if features is not None:
+        _check_features(features, env_specs, suite.name)
+    out = _out_dir(cfg, kind)
+    setup.video_dir = str(out / "videos")
+    groups = {name: list(members) for name, members in suite.groups.items()}
+    return Plan(setup, tasks, out, groups, policy)
+
+
+def _videos_possible(wanted: int) -> int:
+    if wanted == 0:
+        return 0
+    try:
+        import av  # noqa: F401  (imageio's pyav plugin encodes the MP4s)
+    except ImportError:
+        log.warning("no videos: PyAV is not installed (pip install av)")
+        return 0
+    return wanted
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
+    """Run the evaluation; returns the report (see `vla.eval_report.build_report`) and its directory."""
+    plan = prepare(cfg)
+    setup, tasks, out = plan.setup, plan.tasks, plan.out
+    videos = _videos_possible(cfg.videos)
+    split_key = "eval/" + setup.split
+    jobs = [
+        Job(task, i, episode_seed(cfg.seed, cfg.suite, split_key, task, i), i < videos)
+        for task in tasks
+        for i in range(cfg.episodes)
+    ]
+    Path(setup.video_dir).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    # In-process, the policy loaded for validation is the one evaluated; workers load their own.
+    results = _run_jobs(setup, jobs, cfg.workers, progress, plan.policy)
+    seconds = time.perf_counter() - start
+    config = {**asdict(cfg), "split": setup.split, "image_size": setup.image_size, "cameras": list(setup.cameras)}
+    report = build_report(config, setup.policy_kind, tasks, plan.groups, [asdict(r) for r in results], seconds)
+    write_report(out, report)
+    log.info("wrote %s", out)
+    return report, out
+
+
+def _run_jobs(setup: Setup, jobs: list[Job], workers: int, progress: bool, loaded=None) -> list[EpisodeResult]:
+    bar = tqdm(total=len(jobs), unit="ep", disable=not progress, desc="eval")
+    pool, worker = None, None
+    try:
+        if workers > 1:
+            threads = max(1, (mp.cpu_count() or 1) // workers)
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(setup, threads))
+            results = []
+            for result in pool.imap(_run_job, jobs):
+                results.append(result)
+                bar.update(1)
+            pool.close()
+            pool.join()
+        else:
+            worker = Worker(setup, loaded)
+            results = []
+            for job in jobs:
+                results.append(worker.run(job))
+                bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+        if worker is not None:
+            worker.close()
+    return results
