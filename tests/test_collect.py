@@ -85,3 +85,14 @@ def test_existing_store_of_another_recipe_or_schema_is_refused(collected, capsys
     assert collect(out, "--cameras", "corner2", "--append", episodes=2) == 2
     assert "another schema" in capsys.readouterr().err
     assert TrajectoryStore.open(out).num_episodes == 4
+
+
+def test_tabletop_collect_lists_every_task_and_both_cameras(tmp_path, capsys):
+    out = tmp_path / "tabletop.zarr"
+    assert main(["collect", "--suite", "tabletop", "--tasks", "all", "--split", "train", "--episodes-per-task", "1",
+                 "--image-size", "32", "-q", "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["data", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["tasks"]) >= 10 and info["cameras"] == ["static", "wrist"]
+    assert info["success_rate"] == 1.0

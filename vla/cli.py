@@ -94,6 +94,7 @@ def _eval(args: argparse.Namespace) -> int:
         out=args.out,
         max_steps=args.max_steps,
         image_size=args.image_size,
+        baseline=args.baseline,
     )
     report, out = evaluate(cfg, progress=not args.quiet)
     print(format_markdown(report), end="")
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the suite's)")
     p.add_argument("--image-size", type=int, default=None, help="zero/expert image side (default 64)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--baseline", default=None, help="also run this reference policy (zero) on the same seeds")
     p.set_defaults(func=_eval)
 
     data = sub.add_parser("data", help="inspect and validate stores").add_subparsers(

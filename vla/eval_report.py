@@ -146,7 +146,22 @@ def format_markdown(report: dict) -> str:
     ]
     if report["chain"]:
         lines += _chain_markdown(report["chain"])
+    if report.get("baseline"):
+        lines += _baseline_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def _baseline_markdown(report: dict) -> list[str]:
+    """Success of the policy beside the baseline's on the same seeds."""
+    base = report["baseline"]
+    policy = report["config"]["policy"]
+    lines = ["", f"Beside the {base['policy']} policy on the same seeds:", "",
+             f"| task | {policy} | {base['policy']} |", "|---|---|---|"]  # fmt: skip
+    rows = [(t, report["tasks"][t], base["tasks"][t]) for t in report["tasks"]]
+    rows += [(f"**{m['label']}**", m, b) for m, b in zip(report["means"], base["means"])]
+    for name, ours, theirs in rows:
+        lines.append(f"| {name} | {_pct(ours['success_rate'])} | {_pct(theirs['success_rate'])} |")
+    return lines
 
 
 def _chain_markdown(chain: dict) -> list[str]:

@@ -25,7 +25,7 @@ import logging
 import math
 import multiprocessing as mp
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class EvalConfig:
     max_steps: int | None = None  # None: the suite's own episode limit
     image_size: int | None = None  # zero/expert only; None: 64. A checkpoint brings its own.
     steps_after_success: int = 2  # keep stepping this long after success, so the video shows it
+    baseline: str | None = None  # also run this weightless policy ("zero") on the same seeds, for comparison
 
     def __post_init__(self):
         if self.episodes < 1:
@@ -72,6 +73,8 @@ class EvalConfig:
             raise UserError(f"--videos must be >= 0, got {self.videos}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise UserError(f"unknown --baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
         if self.image_size is not None and not 16 <= self.image_size <= 1024:
             raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
 
@@ -359,6 +362,13 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
     seconds = time.perf_counter() - start
     config = {**asdict(cfg), "split": setup.split, "image_size": setup.image_size, "cameras": list(setup.cameras)}
     report = build_report(config, setup.policy_kind, tasks, plan.groups, [asdict(r) for r in results], seconds)
+    if cfg.baseline:
+        # The same scenes (seeds) for the reference policy, so the two columns compare like with like.
+        base_setup = replace(setup, policy_kind=cfg.baseline, policy_path=None, charge_latency=False)
+        base_jobs = [replace(job, video=False) for job in jobs]
+        base = _run_jobs(base_setup, base_jobs, cfg.workers, progress)
+        base_report = build_report(config, cfg.baseline, tasks, plan.groups, [asdict(r) for r in base], 0.0)
+        report["baseline"] = {"policy": cfg.baseline, "tasks": base_report["tasks"], "means": base_report["means"]}
     write_report(out, report)
     log.info("wrote %s", out)
     return report, out

@@ -130,6 +130,7 @@ class TrainResult:
     steps: int
     losses: list[float] = field(default_factory=list)  # training loss per optimizer step of this call
     val_loss: float | None = None
+    success: float | None = None  # mean success of the last periodic simulator evaluation
     init_report: dict | None = None
 
 
@@ -226,9 +227,15 @@ def train(
         if val_set is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
             result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device)
             logger.log(step, "val", {"loss": result.val_loss})
-        if rank == 0 and (step % cfg.train.save_every == 0 or step == last):
+        evaluate_now = cfg.train.eval.suite and (
+            step == last or (cfg.train.eval.every and step % cfg.train.eval.every == 0)
+        )
+        if rank == 0 and (step % cfg.train.save_every == 0 or step == last or evaluate_now):
             position = {"epoch": epoch, "batch": index + 1}
             save(cfg, policy, ema, opt, sched, step, position, out)
+        if rank == 0 and evaluate_now:
+            result.success = simulate(cfg, out, step)
+            logger.log(step, "eval", {"success": result.success})
     bar.close()
     logger.close()
     return result
@@ -245,6 +252,18 @@ def validate(cfg: Config, weights: dict, stats, val_set, device, max_batches: in
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
         losses = [float(policy(batch)[0]) for batch in loader]
     return float(np.mean(losses))
+
+
+def simulate(cfg: Config, out: Path, step: int) -> float:
+    """Roll the checkpoint just saved out in the simulator; returns the mean success over tasks."""
+    from vla.evaluate import EvalConfig, evaluate
+
+    ev = cfg.train.eval
+    eval_cfg = EvalConfig(policy=str(out), suite=ev.suite, tasks=ev.tasks, episodes=ev.episodes,
+                          max_steps=ev.max_steps, videos=0, out=str(out / "eval" / f"step-{step:07d}"))  # fmt: skip
+    with torch.random.fork_rng():
+        report, _ = evaluate(eval_cfg, progress=False)
+    return float(report["means"][0]["success_rate"]) if report["means"] else float("nan")
 
 
 def save(cfg, policy, ema, opt, sched, step, position, out) -> Path:
