@@ -141,3 +141,18 @@ def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
     episode = store.episode(0)
     action = policy.select_action({k: episode[k][0] for k in episode}, "reach")
     assert action.shape == (4,) and np.isfinite(action).all()
+
+
+def test_temporal_ensembling_averages_overlapping_chunks(metaworld_store, tmp_path):
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    policy.temporal_ensemble = 0.5
+    episode = store.episode(0)
+    chunks, actions = [], []
+    for t in range(6):
+        actions.append(policy.select_action({k: episode[k][t] for k in episode}, "reach"))
+        chunks.append(policy.last_prediction.actions)
+    # At step 5 the chunks predicted at steps 2..5 (chunk length 4) cover it, the oldest first.
+    votes = np.stack([chunks[s][5 - s] for s in range(2, 6)])
+    weights = np.exp(-0.5 * np.arange(4))
+    np.testing.assert_allclose(actions[5], (weights[:, None] * votes).sum(0) / weights.sum(), rtol=1e-5)

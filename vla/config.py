@@ -145,6 +145,7 @@ class TrainConfig:
     foresight_weight: float = 0.5
     text_weight: float = 1.0
     n_action_steps: int = 5  # actions executed from each predicted chunk at inference
+    temporal_ensemble: float = 0.0  # > 0: predict every step, average overlapping chunks with weights exp(-k*age)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 

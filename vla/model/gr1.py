@@ -118,46 +118,42 @@ class GR1(nn.Module):
 
     def stream_observe(self, cache: StreamCache, obs: torch.Tensor) -> None:
         """obs: (B, n_obs, d), the next timestep's observation tokens: cache their keys/values."""
-        t, dev = cache.next_step, obs.device
-        pre_kind = torch.full((cache.prefix[0][0].shape[2],), int(Kind.PREFIX), device=dev)
-        obs_kind = torch.full((obs.shape[1],), int(Kind.OBS), device=dev)
-        step = torch.full_like(obs_kind, t)
-        # They read the prefix and themselves.
-        bias = self.trunk.bias(
-            obs_kind, step, torch.cat([pre_kind, obs_kind]), torch.cat([torch.full_like(pre_kind, -1), step])
-        )
-        _, obs_kvs = self.trunk(obs, bias, past=cache.prefix)
-        cache.steps.append((t, obs_kvs))
+        self._stream_pass(cache, obs, readout=False)
+
+    def stream_step(self, cache: StreamCache, obs: torch.Tensor) -> torch.Tensor:
+        """Observe the next timestep and read out at it: (B, n_obs, d) -> (B, n_readout, d).
+
+        One pass of the trunk for both: the readouts join the new observation tokens as queries, and
+        the rules keep everything else exactly as two separate passes would (the new observation
+        tokens read only the prefix and themselves)."""
+        return self._stream_pass(cache, obs, readout=True)
+
+    def _stream_pass(self, cache: StreamCache, obs: torch.Tensor, readout: bool) -> torch.Tensor | None:
+        t, dev, n_obs = cache.next_step, obs.device, obs.shape[1]
+        n_prefix = cache.prefix[0][0].shape[2]
+        # Keys the queries may find: the prefix, then (only needed by readouts) the cached timesteps that
+        # share the window with this one.
+        cached = list(cache.steps)[max(0, len(cache.steps) - self.history + 1) :] if readout else []
+        past = [
+            tuple(torch.cat([cache.prefix[i][j]] + [kv[i][j] for _, kv in cached], dim=2) for j in (0, 1))
+            for i in range(len(cache.prefix))
+        ]
+        cached_steps = torch.tensor([s for s, _ in cached], device=dev, dtype=torch.long).repeat_interleave(n_obs)
+        q_kind = torch.full((n_obs,), int(Kind.OBS), device=dev)
+        x = obs
+        if readout:
+            q_kind = torch.cat([q_kind, torch.full((self.layout.n_readout,), int(Kind.READOUT), device=dev)])
+            x = torch.cat([obs, self.readout_slots.expand(obs.shape[0], -1, -1)], dim=1)
+        q_step = torch.full_like(q_kind, t)
+        k_kind = torch.cat([torch.full((n_prefix,), int(Kind.PREFIX), device=dev),
+                            torch.full_like(cached_steps, int(Kind.OBS)), q_kind])  # fmt: skip
+        k_step = torch.cat([torch.full((n_prefix,), -1, device=dev), cached_steps, q_step])
+        h, kvs = self.trunk(x, self.trunk.bias(q_kind, q_step, k_kind, k_step), past)
+        cache.steps.append((t, [(k[:, :, :n_obs], v[:, :, :n_obs]) for k, v in kvs]))
         while len(cache.steps) > self.history:
             cache.steps.popleft()
         cache.next_step += 1
-
-    def stream_readout(self, cache: StreamCache) -> torch.Tensor:
-        """Readout states (B, n_readout, d) at the newest cached timestep."""
-        t, n_obs = cache.next_step - 1, self.layout.n_obs
-        dev = cache.prefix[0][0].device
-        past = [
-            tuple(torch.cat([cache.prefix[i][j]] + [kv[i][j] for _, kv in cache.steps], dim=2) for j in (0, 1))
-            for i in range(len(cache.prefix))
-        ]
-        n_prefix = cache.prefix[0][0].shape[2]
-        r_kind = torch.full((self.layout.n_readout,), int(Kind.READOUT), device=dev)
-        r_step = torch.full_like(r_kind, t)
-        # Keys: the prefix, every cached timestep, and the readouts' own (which the rules mask out).
-        cached_steps = torch.tensor([s for s, _ in cache.steps], device=dev).repeat_interleave(n_obs)
-        k_kind = torch.cat([torch.full((n_prefix,), int(Kind.PREFIX), device=dev),
-                            torch.full_like(cached_steps, int(Kind.OBS)), r_kind])  # fmt: skip
-        k_step = torch.cat([torch.full((n_prefix,), -1, device=dev), cached_steps, r_step])
-        batch = cache.prefix[0][0].shape[0]
-        h, _ = self.trunk(
-            self.readout_slots.expand(batch, -1, -1), self.trunk.bias(r_kind, r_step, k_kind, k_step), past
-        )
-        return h
-
-    def stream_step(self, cache: StreamCache, obs: torch.Tensor) -> torch.Tensor:
-        """Observe the next timestep and read out at it: (B, n_obs, d) -> (B, n_readout, d)."""
-        self.stream_observe(cache, obs)
-        return self.stream_readout(cache)
+        return h[:, n_obs:] if readout else None
 
     # --- heads -------------------------------------------------------------------------------------------
     def split_readouts(self, h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -64,6 +64,7 @@ class VLAPolicy(nn.Module):
         )
         self.language = sentence_encoder(cfg.model.language_model)
         self.n_action_steps = cfg.train.n_action_steps
+        self.temporal_ensemble = cfg.train.temporal_ensemble
         self.streaming = True  # False: recompute the whole window every step (for comparison)
         self.foresee = True  # decode the foreseen frames with every prediction (off: actions only, faster)
         self.reset()
@@ -128,29 +129,33 @@ class VLAPolicy(nn.Module):
     @torch.no_grad()
     def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None:
         """Take one observation (raw units, no batch dimension) into the history (and the cache)."""
-        step = {k: torch.as_tensor(np.asarray(obs[k]))[None, None].to(self._device()) for k in self._obs_keys()}
-        self._history.append(step)
-        if not self.streaming:
-            return
-        if self._cache is None or instruction != self._instruction:
-            # A new instruction changes the prefix every cached token read: rebuild from the history.
-            self._cache = self.model.start_stream(self._lang([instruction]))
-            self._instruction = instruction
-            for past in self._history:
-                self.model.stream_observe(self._cache, self._observation_tokens(past)[:, 0])
-        else:
-            self.model.stream_observe(self._cache, self._observation_tokens(step)[:, 0])
+        self._take(obs, instruction, readout=False)
 
     @torch.no_grad()
     def predict(self, obs: dict[str, np.ndarray], instruction: str) -> Prediction:
         """Observe, then predict the action chunk and the foreseen frames at this step."""
-        self.observe(obs, instruction)
-        if self.streaming:
-            h = self.model.stream_readout(self._cache)
-        else:
+        return self._decode(self._take(obs, instruction, readout=True))
+
+    @torch.no_grad()
+    def _take(self, obs: dict[str, np.ndarray], instruction: str, readout: bool) -> torch.Tensor | None:
+        step = {k: torch.as_tensor(np.asarray(obs[k]))[None, None].to(self._device()) for k in self._obs_keys()}
+        self._history.append(step)
+        if not self.streaming:
+            if not readout:
+                return None
             window = {k: torch.cat([s[k] for s in self._history], dim=1) for k in self._obs_keys()}
-            h = self.model(self._lang([instruction]), self._observation_tokens(window), readouts="last")[:, -1]
-        return self._decode(h)
+            return self.model(self._lang([instruction]), self._observation_tokens(window), readouts="last")[:, -1]
+        if self._cache is None or instruction != self._instruction:
+            # A new instruction changes the prefix every cached token read: rebuild from the history.
+            self._cache = self.model.start_stream(self._lang([instruction]))
+            self._instruction = instruction
+            for past in list(self._history)[:-1]:
+                self.model.stream_observe(self._cache, self._observation_tokens(past)[:, 0])
+        tokens = self._observation_tokens(step)[:, 0]
+        if readout:
+            return self.model.stream_step(self._cache, tokens)
+        self.model.stream_observe(self._cache, tokens)
+        return None
 
     def _obs_keys(self) -> list[str]:
         return [*self.image_keys, keys.OBS_STATE]
@@ -173,7 +178,9 @@ class VLAPolicy(nn.Module):
 
     def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         """One raw-unit action. Every call observes; a new chunk is predicted when the queue runs dry
-        or the instruction changes."""
+        or the instruction changes (or every call, with temporal ensembling)."""
+        if self.temporal_ensemble > 0:
+            return self._ensembled_action(obs, instruction)
         if self._queue and instruction == self._queued_for:
             self.observe(obs, instruction)
         else:
@@ -181,6 +188,20 @@ class VLAPolicy(nn.Module):
             self._queue = deque(self.last_prediction.actions[: self.n_action_steps])
             self._queued_for = instruction
         return self._queue.popleft().astype(np.float32)
+
+    def _ensembled_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        """ACT's temporal ensembling: every chunk still covering this step votes, the oldest weighing most
+        (weights exp(-k * i), i = 0 for the oldest), which smooths the jumps between chunks."""
+        if instruction != self._queued_for:
+            self._queue.clear()  # chunks for another instruction have no say
+            self._queued_for = instruction
+        self.last_prediction = self.predict(obs, instruction)
+        self._queue.append(list(self.last_prediction.actions))  # each entry: the steps a chunk has left
+        votes = np.stack([chunk.pop(0) for chunk in self._queue])
+        weights = np.exp(-self.temporal_ensemble * np.arange(len(votes)))
+        while self._queue and not self._queue[0]:
+            self._queue.popleft()
+        return (weights[:, None] * votes).sum(0).astype(np.float32) / weights.sum()
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
