@@ -95,11 +95,13 @@ def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
 def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     run = tmp_path / "run"
     overrides = ["model.preset=tiny", "data.history=2", "data.chunk=4", "train.batch_size=4", "train.steps=3",
-                 f"train.out={run}", f"data.stores=[{{path: {metaworld_store}}}]"]  # fmt: skip
+                 f"train.out={run}", f"data.stores=[{{path: {metaworld_store}}}]", "train.eval.suite=metaworld",
+                 "train.eval.tasks=reach-v3", "train.eval.episodes=1", "train.eval.max_steps=5"]  # fmt: skip
     assert main(["train", "-q", *[a for o in overrides for a in ("--set", o)]]) == 0
     assert "trained to step 3" in capsys.readouterr().out
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if m["split"] == "train"][-1] == 3
+    assert [m["success"] for m in lines if m["split"] == "eval"] == [0.0]  # the simulator evaluation at the end
     out = tmp_path / "eval"
     code = main(["eval", "--policy", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                  "--max-steps", "5", "--videos", "0", "--out", str(out), "-q"])  # fmt: skip
@@ -156,3 +158,14 @@ def test_temporal_ensembling_averages_overlapping_chunks(metaworld_store, tmp_pa
     votes = np.stack([chunks[s][5 - s] for s in range(2, 6)])
     weights = np.exp(-0.5 * np.arange(4))
     np.testing.assert_allclose(actions[5], (weights[:, None] * votes).sum(0) / weights.sum(), rtol=1e-5)
+
+
+def test_init_from_reports_what_it_matched(metaworld_store, tmp_path):
+    pretrained = train(tiny_config(metaworld_store, tmp_path / "pre", steps=1), progress=False)
+    cfg = tiny_config(metaworld_store, tmp_path / "fine", steps=1)
+    cfg.data.chunk = 6  # a different action chunk: the action head's output layer cannot be reused
+    result = train(cfg, init=str(pretrained.out), progress=False)
+    report = result.init_report
+    assert "model.action_head.net.2.weight" in report["skipped"] and "model.action_head.net.2.weight" in report["fresh"]
+    assert "model.trunk.blocks.0.attn.qkv.weight" in report["matched"]
+    assert len(report["matched"]) > 10 * len(report["skipped"])

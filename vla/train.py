@@ -191,7 +191,9 @@ def train(
         step, epoch, start = int(state["step"]), int(state["epoch"]), int(state["batch"])
     model = policy
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.index else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None
+        )
     out.mkdir(parents=True, exist_ok=True)
     logger = MetricLogger(out, enabled=rank == 0)
     stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
