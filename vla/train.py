@@ -177,18 +177,7 @@ def train(
         result.init_report = init_from(policy, init)
     opt, sched = make_optimizer(policy, cfg)
     ema = EMA(policy, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    step, epoch, start = 0, 0, 0
-    if resume:
-        state = checkpoint.load_train_state(checkpoint.resolve(out))
-        policy.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        for group, base in zip(opt.param_groups, sched.base_lrs):  # train.steps may have changed the schedule
-            group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
-        if ema:
-            ema.state = {k: v.float() for k, v in load_file(checkpoint.resolve(out) / "model.safetensors").items()}
-        checkpoint.set_rng_state(state["rng"])
-        step, epoch, start = int(state["step"]), int(state["epoch"]), int(state["batch"])
+    step, epoch, start = restore(out, policy, opt, sched, ema) if resume else (0, 0, 0)
     model = policy
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -202,20 +191,10 @@ def train(
     tick = time.perf_counter()
     last = min(cfg.train.steps, stop_at or cfg.train.steps)
     while step < last:
-        metrics: dict[str, float] = {}
-        for _ in range(cfg.train.grad_accum):
-            epoch, index, batch = next(stream)
-            with autocast:
-                loss, metrics = model(batch)
-            (loss / cfg.train.grad_accum).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss, metrics, grad_norm, epoch, index = optimizer_step(cfg, model, stream, opt, sched, autocast)
         step += 1
         if ema:
             ema.update(policy, step)
-        loss = float(loss.detach())
         result.losses.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
@@ -223,7 +202,7 @@ def train(
             rate = (
                 cfg.train.log_every * cfg.train.batch_size * cfg.train.grad_accum * world / (time.perf_counter() - tick)
             )
-            logger.log(step, "train", {"loss": loss, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
+            logger.log(step, "train", {"loss": loss, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
                                        "samples_per_s": rate, **metrics})  # fmt: skip
             tick = time.perf_counter()
         if val_set is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
@@ -241,6 +220,36 @@ def train(
     bar.close()
     logger.close()
     return result
+
+
+def restore(out: Path, policy, opt, sched, ema: EMA | None) -> tuple[int, int, int]:
+    """Load a run's train_state for an exact resume; returns (step, epoch, batch within the epoch)."""
+    directory = checkpoint.resolve(out)
+    state = checkpoint.load_train_state(directory)
+    policy.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    for group, base in zip(opt.param_groups, sched.base_lrs):  # train.steps may have changed the schedule
+        group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
+    if ema:
+        ema.state = {k: v.float() for k, v in load_file(directory / "model.safetensors").items()}
+    checkpoint.set_rng_state(state["rng"])
+    return int(state["step"]), int(state["epoch"]), int(state["batch"])
+
+
+def optimizer_step(cfg: Config, model, stream, opt, sched, autocast):
+    """`grad_accum` micro-batches, clipping, one AdamW and scheduler step.
+    Returns (loss of the last micro-batch, its metrics, the gradient norm, epoch, batch index)."""
+    for _ in range(cfg.train.grad_accum):
+        epoch, index, batch = next(stream)
+        with autocast:
+            loss, metrics = model(batch)
+        (loss / cfg.train.grad_accum).backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach()), metrics, float(grad_norm), epoch, index
 
 
 @torch.no_grad()
