@@ -1,8 +1,10 @@
 """`vla collect`: scripted-expert demonstrations from a suite into a trajectory store.
 
 Every episode's seed is a pure function of (seed, suite, split, task, attempt), and attempts are
-written in order, so the same seed gives the same store and a re-run resumes: attempts whose
-seeds are already stored are skipped, and collection continues after the last stored attempt.
+written in order, so the same command gives the same store, whatever `--workers`. A re-run resumes:
+attempts whose seeds are already stored are skipped and collection continues after the last stored
+attempt, so a resumed store holds exactly the episodes of an uninterrupted one (tasks may interleave
+differently if the interruption came mid-task).
 """
 
 from __future__ import annotations
