@@ -3,8 +3,8 @@
 Every episode's seed is a pure function of (seed, suite, split, task, attempt), and attempts are
 written in order, so the same command gives the same store, whatever `--workers`. A re-run resumes:
 attempts whose seeds are already stored are skipped and collection continues after the last stored
-attempt, so a resumed store holds exactly the episodes of an uninterrupted one (tasks may interleave
-differently if the interruption came mid-task).
+attempt, so an interrupted and resumed run leaves the store an uninterrupted one would. Raising
+`--episodes-per-task` later appends each task's further episodes after the existing ones.
 """
 
 from __future__ import annotations
