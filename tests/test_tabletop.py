@@ -14,6 +14,7 @@ from vla.envs import get_suite  # noqa: E402
 from vla.envs.tabletop import TabletopSuite, register  # noqa: E402
 from vla.envs.tabletop.env import TabletopEnv  # noqa: E402
 from vla.envs.tabletop.experts import TabletopExpert, measure  # noqa: E402
+from vla.envs.tabletop.experts import run_expert as expert_rollout  # noqa: E402
 from vla.envs.tabletop.scene import FREE_OBJECTS  # noqa: E402
 from vla.envs.tabletop.tasks import TASKS  # noqa: E402
 from vla.errors import UserError  # noqa: E402
@@ -23,17 +24,8 @@ STATIC, WRIST = keys.image_key("static"), keys.image_key("wrist")
 
 
 def run_expert(env: TabletopEnv, seed: int, after_success: int = 5) -> tuple[bool, dict]:
-    """Roll the expert out; success must still hold `after_success` steps after it first does."""
-    expert = TabletopExpert(env)
-    expert.reset(seed)
-    obs, info = env.reset(seed=seed)
-    first = None
-    for t in range(env.max_episode_steps):
-        obs, _, terminated, truncated, info = env.step(expert.act(obs))
-        first = t if info["success"] and first is None else first
-        if terminated or truncated or (first is not None and t - first >= after_success):
-            break
-    return bool(first is not None and info["success"]), info
+    won, _, info = expert_rollout(env, TabletopExpert(env), seed, after_success)
+    return won, info
 
 
 @pytest.mark.parametrize("task", ALL)

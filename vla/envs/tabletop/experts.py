@@ -306,6 +306,20 @@ class TabletopExpert:
         return Plan(self.env.scene, phases, style, rng)
 
 
+def run_expert(env: TabletopEnv, expert: TabletopExpert, seed: int, after_success: int = 5) -> tuple[bool, int, dict]:
+    """Roll the expert out from `reset(seed)`: (success still held `after_success` steps after it first
+    did, steps taken, the last info)."""
+    expert.reset(seed)
+    obs, info = env.reset(seed=seed)
+    first = None
+    for t in range(env.max_episode_steps):
+        obs, _, terminated, truncated, info = env.step(expert.act(obs))
+        first = t if info["success"] and first is None else first
+        if terminated or truncated or (first is not None and t - first >= after_success):
+            break
+    return bool(first is not None and info["success"]), t + 1, info
+
+
 def measure(task: str, split: str = "train", seeds=range(20), after_success: int = 5) -> dict[str, float]:
     """The expert's record on `task` (or "chain") over `seeds`, state only (no rendering). An episode
     counts as a success when success still holds `after_success` steps after it first does."""
@@ -313,16 +327,9 @@ def measure(task: str, split: str = "train", seeds=range(20), after_success: int
     expert = TabletopExpert(env)
     wins, steps, chain_lengths = 0, [], []
     for seed in seeds:
-        expert.reset(seed)
-        obs, info = env.reset(seed=seed)
-        first = None
-        for t in range(env.max_episode_steps):
-            obs, _, terminated, truncated, info = env.step(expert.act(obs))
-            first = t if info["success"] and first is None else first
-            if terminated or truncated or (first is not None and t - first >= after_success):
-                break
-        wins += first is not None and info["success"]
-        steps.append(t + 1)
+        won, n_steps, info = run_expert(env, expert, seed, after_success)
+        wins += won
+        steps.append(n_steps)
         chain_lengths.append(info.get("chain_length", float(info["success"])))
     env.close()
     n = len(steps)
