@@ -220,3 +220,15 @@ def test_chain_reports_calvin_metrics(tmp_path):
     )
     assert n == 5 and episode["success"]  # the scripted expert completes this chain
     assert "Average chain length 5.00 of 5" in (out / "report.md").read_text()
+
+
+def test_baseline_runs_on_the_same_seeds_and_is_printed_beside(tmp_path, capsys):
+    out = tmp_path / "with-baseline"
+    assert run_eval(out, "--policy", "expert", "--tasks", "drawer-close-v3", "--episodes", "2", "--videos", "0",
+                    "--baseline", "zero", "--max-steps", "150") == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"]["drawer-close-v3"]["success_rate"] == 1.0
+    assert report["baseline"]["policy"] == "zero"
+    assert report["baseline"]["tasks"]["drawer-close-v3"]["success_rate"] == 0.0
+    assert "Beside the zero policy on the same seeds" in printed and "| drawer-close-v3 | 100.0% | 0.0% |" in printed
