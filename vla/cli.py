@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from vla.errors import UserError
@@ -46,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process speaks for the run
+        return 0
     if result.init_report:
         r = result.init_report
         print(f"init from {args.init_from}: {len(r['matched'])} tensors matched, {len(r['skipped'])} skipped, "

@@ -232,7 +232,8 @@ def restore(out: Path, policy, opt, sched, ema: EMA | None) -> tuple[int, int, i
     for group, base in zip(opt.param_groups, sched.base_lrs):  # train.steps may have changed the schedule
         group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
     if ema:
-        ema.state = {k: v.float() for k, v in load_file(directory / "model.safetensors").items()}
+        device = next(policy.parameters()).device
+        ema.state = {k: v.float().to(device) for k, v in load_file(directory / "model.safetensors").items()}
     checkpoint.set_rng_state(state["rng"])
     return int(state["step"]), int(state["epoch"]), int(state["batch"])
 
