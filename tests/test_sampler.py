@@ -119,3 +119,14 @@ def test_stats_match_numpy_and_are_cached(small_store):
 def test_window_spec_validates():
     with pytest.raises(UserError, match="history"):
         WindowSpec(history=0)
+
+
+def test_preloaded_cache_reads_the_same_windows(small_store):
+    plain = WindowDataset(str(small_store), WINDOW, cache_bytes=0)
+    cached = WindowDataset(str(small_store), WINDOW)
+    cached.preload()
+    assert cached._caches[CAMERA].cache  # the chunks are decoded up front
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])

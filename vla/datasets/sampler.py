@@ -139,14 +139,26 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.anchor_step)
 
-    def _rows(self, key: str, lo: int, hi: int) -> np.ndarray:
-        if key in self._low_dim:
-            return self._low_dim[key][lo:hi]
+    def _cache(self, key: str) -> _ChunkCache:
         if self._caches is None:
             self._caches = {}
         if key not in self._caches:
             self._caches[key] = _ChunkCache(self.store, key, self.cache_bytes)
-        return self._caches[key].rows(lo, hi)
+        return self._caches[key]
+
+    def _rows(self, key: str, lo: int, hi: int) -> np.ndarray:
+        if key in self._low_dim:
+            return self._low_dim[key][lo:hi]
+        return self._cache(key).rows(lo, hi)
+
+    def preload(self) -> None:
+        """Decode every image chunk into this process's cache now (as far as its budget allows), so the
+        first batches read as fast as the later ones."""
+        for key in self.store.specs:
+            if key not in self._low_dim:
+                cache = self._cache(key)
+                for c in range(-(-self.store.num_steps // cache.chunk)):
+                    cache._chunk(c)
 
     def __getitem__(self, i: int) -> dict:
         episode, t = int(self.anchor_episode[i]), int(self.anchor_step[i])
