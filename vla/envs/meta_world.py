@@ -39,13 +39,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede th
 
 import gymnasium as gym
 import metaworld
-import mujoco
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3
 from metaworld.policies import ENV_POLICY_MAP
 
 from vla import keys
 from vla.envs.meta_world_instructions import INSTRUCTIONS
+from vla.envs.render import make_renderer
 from vla.errors import UserError, choice_error
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class MetaWorldEnv(gym.Env):
         self.action_scale = float(self._mw.action_scale)  # metres per unit of normalised action
         self.fps = 1.0 / (self._mw.frame_skip * self._mw.model.opt.timestep)
         self.metadata = {**self.metadata, "render_fps": round(self.fps)}
-        self._renderer = self._make_renderer() if cameras else None
+        self._renderer = make_renderer(self._mw.model, self.image_size) if cameras else None
         self._closed = False
 
         self.observation_space = self._make_observation_space()
@@ -142,17 +142,6 @@ class MetaWorldEnv(gym.Env):
         self._steps = 0
 
     # --- construction helpers -------------------------------------------------------------------
-    def _make_renderer(self) -> mujoco.Renderer:
-        model = self._mw.model
-        # The offscreen buffer in Meta-World's XML is 640x480; grow it for larger square images.
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.image_size)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, self.image_size)
-        renderer = mujoco.Renderer(model, self.image_size, self.image_size)
-        # Shadows and reflections make software (EGL/llvmpipe) rendering ~5x slower here for little gain.
-        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        return renderer
-
     def _make_observation_space(self) -> gym.spaces.Dict:
         size = self.image_size
         spaces: dict[str, gym.spaces.Space] = {

@@ -10,6 +10,7 @@ import mujoco
 import numpy as np
 
 from vla import keys
+from vla.envs.render import make_renderer
 from vla.envs.tabletop import chains, splits
 from vla.envs.tabletop.episodes import BODY_OF, EpisodeSpec, Subtask, sample_episode
 from vla.envs.tabletop.scene import (
@@ -231,16 +232,6 @@ class TabletopEnv(gym.Env):
             self._release = weakref.finalize(self, self._renderer.close)
         self._renderer.update_scene(self.scene.data, camera=camera)
         return self._renderer.render()
-
-
-def make_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
-    model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-    model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-    renderer = mujoco.Renderer(model, size, size)
-    # Shadows and reflections make software (EGL/Mesa) rendering 10-15x slower for little gain.
-    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-    return renderer
 
 
 def apply_episode(scene: Scene, spec: EpisodeSpec) -> None:
