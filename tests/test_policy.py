@@ -107,7 +107,9 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
                  "--max-steps", "5", "--videos", "0", "--out", str(out), "-q"])  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["tasks"]["reach-v3"]["episodes"] == 1 if "tasks" in report else True
+    assert report["tasks"]["reach-v3"]["episodes"] == 1
+    foresight = report["tasks"]["reach-v3"]["foresight"]  # the foreseen frame, scored when its step came
+    assert set(foresight) == {"psnr", "ssim", "baseline_psnr", "baseline_ssim"} and foresight["psnr"] > 0
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vla import keys
+from vla.viz import mean_scores
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def _task_stats(episodes: list[dict]) -> dict:
     to_success = [e["steps_to_success"] for e in episodes if e["success"]]
     stats["mean_steps"] = float(np.mean([e["steps"] for e in episodes]))
     stats["mean_steps_to_success"] = float(np.mean(to_success)) if to_success else None
+    stats["foresight"] = mean_scores([e["foresight"] for e in episodes if e.get("foresight")])
     return stats
 
 
@@ -144,11 +146,26 @@ def format_markdown(report: dict) -> str:
         f"Mean select_action latency {1000 * lat['mean_s']:.2f} ms over {lat['inferences']} calls; "
         f"{lat['steps_charged']} env steps charged ({lat['steps_charged_per_inference']:.2f} per call).",
     ]
+    lines += _foresight_markdown(report["tasks"])
     if report["chain"]:
         lines += _chain_markdown(report["chain"])
     if report.get("baseline"):
         lines += _baseline_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def _foresight_markdown(per_task: dict) -> list[str]:
+    """Foresight quality per task beside copying the last frame; nothing when the policy foresees nothing."""
+    rows = [(task, stats["foresight"]) for task, stats in per_task.items() if stats.get("foresight")]
+    if not rows:
+        return []
+    lines = ["", "Foresight (the frame `foresight_offset` steps ahead) against copying the last frame:", "",
+             "| task | PSNR dB | copy-last PSNR dB | SSIM | copy-last SSIM |", "|---|---|---|---|---|"]  # fmt: skip
+    for task, f in rows:
+        lines.append(
+            f"| {task} | {f['psnr']:.2f} | {f['baseline_psnr']:.2f} | {f['ssim']:.3f} | {f['baseline_ssim']:.3f} |"
+        )
+    return lines
 
 
 def _baseline_markdown(report: dict) -> list[str]:

@@ -37,6 +37,7 @@ from vla.collect import episode_seed
 from vla.errors import UserError
 from vla.eval_report import build_report, video_frame, write_report, write_video
 from vla.policies.base import ExpertPolicy, ZeroPolicy
+from vla.viz import ForesightTracker
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class EpisodeResult:
     chain_length: int | None = None  # subtasks completed in a row (chains only)
     chain_size: int | None = None
     video: str | None = None  # path relative to the report
+    foresight: dict | None = None  # mean PSNR/SSIM of the foreseen frames and of copying the last frame
 
 
 # --- one episode -------------------------------------------------------------------------------
@@ -134,15 +136,17 @@ def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> t
     result.instructions = [info[keys.INSTRUCTION]]
     frames = [video_frame(obs, policy, False)] if record else []
     action = np.zeros(env.action_space.shape, np.float32)  # what the robot does before the first action
-    latencies, done = [], False
+    latencies, done, foresight = [], False, ForesightTracker()
     while not done and result.steps < limit:
         start = time.perf_counter()
         new_action = np.asarray(policy.select_action(obs, result.instructions[-1]), np.float32)
         latencies.append(time.perf_counter() - start)
+        foresight.predicted(result.steps, policy.last_prediction, obs)
         held = math.ceil(latencies[-1] * fps) if setup.charge_latency else 0
         # The previous action runs on while the policy computes; then the new one takes effect.
         for i, a in enumerate([action] * held + [new_action]):
             obs, info, done = _step(env, a, result, setup)
+            foresight.observed(result.steps, obs)
             result.steps_charged += i < held
             if record:
                 frames.append(video_frame(obs, policy, result.success))
@@ -150,6 +154,7 @@ def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> t
                 break
         action = new_action
     result.inferences, result.latency_s = len(latencies), float(np.mean(latencies))
+    result.foresight = foresight.summary()
     if "chain_length" in info:
         result.chain_length, result.chain_size = int(info["chain_length"]), len(env.unwrapped.chain)
     return result, frames
