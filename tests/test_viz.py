@@ -40,3 +40,35 @@ def test_tracker_scores_foresight_when_its_frame_arrives(image):
     assert len(tracker.scores) == 1 and summary["ssim"] == pytest.approx(1.0)
     assert summary["baseline_psnr"] == pytest.approx(foresight_scores(frames[0], frames[3], frames[0])["psnr"])
     assert summary["baseline_ssim"] < 1.0
+
+
+def test_vla_foresight_writes_decodable_media(metaworld_store, tmp_path, capsys):
+    import json
+
+    import imageio.v3 as iio
+
+    from tests.conftest import tiny_config
+    from vla.cli import main
+    from vla.datasets.store import TrajectoryStore
+    from vla.train import train
+    from vla.viz import UPSCALE
+
+    run = train(tiny_config(metaworld_store, tmp_path / "run", steps=1), progress=False).out
+    out = tmp_path / "fs"
+    assert main(["foresight", "--policy", str(run), "--store", str(metaworld_store), "--episode", "1",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["foresight", "--policy", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--max-steps", "9",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "foresight PSNR" in capsys.readouterr().out
+    episode = TrajectoryStore.open(metaworld_store).episode_slice(1)
+    steps = episode.stop - episode.start
+    offset = 2  # tiny_config's foresight_offset
+    for name, n in (("episode-1", steps - offset), ("reach-v3", 9 - offset)):
+        video = iio.imread(out / name / "foresight.mp4", plugin="pyav")
+        assert video.shape == (n, 32 * UPSCALE, 3 * 32 * UPSCALE + 4, 3)  # real | foreseen | difference
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert len(metrics["steps"]) == n and metrics["offset"] == offset
+        assert set(metrics["mean"]) == {"psnr", "ssim", "baseline_psnr", "baseline_ssim"}
+        assert iio.imread(out / name / "grid.png").shape[1] == video.shape[2]
+        assert len(iio.imread(out / name / "foresight.gif", index=None)) == -(-n // 8)  # 80 Hz -> every 8th frame
+    assert main(["foresight", "--policy", str(run), "--out", str(out)]) == 2  # neither a suite nor a store

@@ -59,6 +59,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _foresight(args: argparse.Namespace) -> int:
+    from vla.foresight import foresight
+
+    for summary in foresight(args.policy, args.out, args.suite, args.tasks, args.store, args.episode, args.seed,
+                             args.max_steps):  # fmt: skip
+        m = summary["mean"]
+        print(f"{summary['name']}: \"{summary['instruction']}\", {summary['steps']} steps; foresight PSNR "
+              f"{m['psnr']:.2f} dB (copy-last {m['baseline_psnr']:.2f}), SSIM {m['ssim']:.3f} "
+              f"(copy-last {m['baseline_ssim']:.3f}); {summary['paths']['foresight.mp4']}")  # fmt: skip
+    return 0
+
+
 def _data_info(args: argparse.Namespace) -> int:
     from vla.datasets.inspect import format_info, store_info
 
@@ -152,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--baseline", default=None, help="also run this reference policy (zero) on the same seeds")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("foresight", help="video, PNG grid and metrics of what the policy foresees")
+    p.add_argument("--policy", required=True, help="a run or checkpoint directory")
+    p.add_argument("--suite", default=None, help="roll out in this suite (with --tasks)")
+    p.add_argument("--tasks", default=None, help="task names or a group")
+    p.add_argument("--store", default=None, help="or replay an episode of this store (with --episode)")
+    p.add_argument("--episode", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=200, help="rollout length limit")
+    p.add_argument("--out", required=True, help="directory for foresight.mp4/.gif, grid.png, metrics.json")
+    p.set_defaults(func=_foresight)
 
     data = sub.add_parser("data", help="inspect and validate stores").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"

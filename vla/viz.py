@@ -6,6 +6,10 @@ beside the copy-the-last-frame baseline (predict that nothing moves), which any 
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 
 SSIM_WINDOW = 7  # pixels: small frames (64x64) want a small window
@@ -80,3 +84,88 @@ class ForesightTracker:
 
     def summary(self) -> dict[str, float] | None:
         return mean_scores(self.scores)
+
+
+# --- foresight runs: a rollout or a stored episode, every step with its foresight ------------------
+UPSCALE = 4  # nearest-neighbour, so 64x64 frames are visible
+
+
+@dataclass
+class ForesightRun:
+    """Per step t: the observed frames and the frames foreseen at t for step t + offset."""
+
+    offset: int
+    instruction: str
+    observed: list[dict[str, np.ndarray]] = field(default_factory=list)
+    foreseen: list[dict[str, np.ndarray]] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.foreseen[0]) if self.foreseen else []
+
+    def pairs(self):
+        """(t, key, foreseen at t, observed at t + offset, observed at t) for every step that has both."""
+        for t in range(len(self.observed) - self.offset):
+            for key, frame in self.foreseen[t].items():
+                yield t, key, frame, self.observed[t + self.offset][key], self.observed[t][key]
+
+    def metrics(self) -> dict:
+        steps = [{"step": t, "camera": key, **foresight_scores(f, actual, last)}
+                 for t, key, f, actual, last in self.pairs()]  # fmt: skip
+        scores = [{k: v for k, v in s.items() if k not in ("step", "camera")} for s in steps]
+        return {"offset": self.offset, "instruction": self.instruction, "steps": steps, "mean": mean_scores(scores)}
+
+
+def run_foresight(policy, observations, instruction: str, act=None) -> ForesightRun:
+    """Feed `observations` (an iterable of raw observation dicts) to the policy one step at a time,
+    predicting at every step; `act(action)`, if given, is called with the first action of each chunk
+    (a rollout re-planning every step, so every frame has its foresight)."""
+    policy.reset()
+    run = ForesightRun(policy.cfg.data.foresight_offset, instruction)
+    for obs in observations:
+        prediction = policy.predict(obs, instruction)
+        run.observed.append({k: np.array(v) for k, v in obs.items() if k in prediction.foresight})
+        run.foreseen.append(prediction.foresight)
+        run.actions.append(prediction.actions[0])
+        if act is not None:
+            act(prediction.actions[0])
+    return run
+
+
+def _up(image: np.ndarray) -> np.ndarray:
+    return image.repeat(UPSCALE, 0).repeat(UPSCALE, 1)
+
+
+def comparison_frame(actual: np.ndarray, foreseen: np.ndarray) -> np.ndarray:
+    """One camera's row: what happened | what was foreseen | their absolute difference (x3, to be seen)."""
+    diff = np.clip(np.abs(actual.astype(int) - foreseen.astype(int)) * 3, 0, 255).astype(np.uint8)
+    gap = np.full((actual.shape[0] * UPSCALE, 2, 3), 255, np.uint8)
+    return np.concatenate([_up(actual), gap, _up(foreseen), gap, _up(diff)], axis=1)
+
+
+def comparison_frames(run: ForesightRun) -> list[np.ndarray]:
+    """Video frames: per step, one row per camera (see `comparison_frame`)."""
+    frames = []
+    for t in range(len(run.observed) - run.offset):
+        rows = [comparison_frame(run.observed[t + run.offset][k], run.foreseen[t][k]) for k in run.cameras]
+        frames.append(np.concatenate(rows, axis=0))
+    return frames
+
+
+def write_media(run: ForesightRun, out: Path, fps: float, grid_steps: int = 6) -> dict[str, Path]:
+    """foresight.mp4, foresight.gif, grid.png and metrics.json under `out`; returns their paths."""
+    import imageio.v3 as iio
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = comparison_frames(run)
+    if not frames:
+        raise ValueError(f"the run has {len(run.observed)} steps, not more than the foresight offset {run.offset}")
+    paths = {name: out / name for name in ("foresight.mp4", "foresight.gif", "grid.png", "metrics.json")}
+    iio.imwrite(paths["foresight.mp4"], np.stack(frames), plugin="pyav", codec="h264", fps=fps)
+    gif_every = max(1, round(fps / 10))  # GIFs for sharing: about 10 frames a second
+    iio.imwrite(paths["foresight.gif"], np.stack(frames[::gif_every]), duration=1000 * gif_every / fps, loop=0)
+    picked = np.unique(np.linspace(0, len(frames) - 1, min(grid_steps, len(frames))).astype(int))
+    iio.imwrite(paths["grid.png"], np.concatenate([frames[i] for i in picked], axis=0))
+    paths["metrics.json"].write_text(json.dumps(run.metrics(), indent=1) + "\n")
+    return paths
