@@ -7,10 +7,14 @@ beside the copy-the-last-frame baseline (predict that nothing moves), which any 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from vla.model.layout import Kind
 
 SSIM_WINDOW = 7  # pixels: small frames (64x64) want a small window
 _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # Wang et al. 2004 constants for 8-bit images
@@ -169,3 +173,60 @@ def write_media(run: ForesightRun, out: Path, fps: float, grid_steps: int = 6) -
     iio.imwrite(paths["grid.png"], np.concatenate([frames[i] for i in picked], axis=0))
     paths["metrics.json"].write_text(json.dumps(run.metrics(), indent=1) + "\n")
     return paths
+
+
+# --- attention: what the readouts look at ---------------------------------------------------------
+@contextmanager
+def keeping_attention(model):
+    """Within the block, every attention module of `model` keeps its probabilities (`.probs`)."""
+    modules = [m for m in model.modules() if hasattr(m, "keep_probs")]
+    for m in modules:
+        m.keep_probs = True
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.keep_probs, m.probs = False, None
+
+
+@torch.no_grad()
+def attention_maps(policy, observations: list[dict[str, np.ndarray]], instruction: str) -> dict:
+    """Where the readouts at the last of `observations` (at most `history` steps) look, averaged over heads
+    and trunk layers.
+
+    Returns, per readout group ("act", "obs.<camera>"): "prefix" (the share of attention on the
+    instruction), "state" (T,) and, per camera, "images" (T,) shares over timesteps, plus "patches"
+    {camera: (T, grid, grid)}: the image share carried down to patches through the perceiver's own
+    attention (latent -> patch)."""
+    model, layout = policy.model, policy.model.layout
+    window = observations[-policy.cfg.data.history :]
+    batch = {
+        k: torch.as_tensor(np.stack([o[k] for o in window]))[None].to(policy._device()) for k in policy._obs_keys()
+    }
+    with keeping_attention(model):
+        tokens = policy._observation_tokens(batch)
+        resampler = {c: model.vision[c].resampler.attn.probs.mean(1) for c in model.cameras}  # (T, latents, P)
+        model(policy._lang([instruction]), tokens, readouts="last")
+        probs = torch.stack([b.attn.probs[0].mean(0) for b in model.trunk.blocks]).mean(0)  # (L, L) query->key
+    T = len(window)
+    kind, step = layout.tokens(T, "last")
+    obs_slices = layout.group_slices(layout.observation)
+    readout_slices = layout.group_slices(layout.readout)
+    first_readout = int((kind == Kind.READOUT).nonzero()[0])
+    maps = {}
+    for group, rows in readout_slices.items():
+        p = probs[first_readout + rows.start : first_readout + rows.stop].mean(0)  # (L,) for this readout group
+        per_step = p[layout.n_prefix :][: T * layout.n_obs].reshape(T, layout.n_obs)
+        entry = {
+            "prefix": float(p[: layout.n_prefix].sum()),
+            "state": per_step[:, obs_slices["state"]].sum(1).cpu().numpy(),
+        }
+        entry["images"], entry["patches"] = {}, {}
+        for cam in model.cameras:
+            latents = per_step[:, obs_slices[f"img.{cam}"]]  # (T, latents)
+            entry["images"][cam] = latents.sum(1).cpu().numpy()
+            patches = torch.einsum("tl,tlp->tp", latents, resampler[cam])
+            grid = int(round(patches.shape[-1] ** 0.5))
+            entry["patches"][cam] = patches.reshape(T, grid, grid).cpu().numpy()
+        maps[group] = entry
+    return maps

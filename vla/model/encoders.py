@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import nn
 
 from vla.errors import UserError
-from vla.model.gpt import MLP, Block
+from vla.model.gpt import MLP, Block, attention_probs
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,14 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(kv_dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.keep_probs = False  # True: keep the attention probabilities of the last call (for inspection)
+        self.probs: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.n_head)
         k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.n_head)
+        if self.keep_probs:
+            self.probs = attention_probs(q, k)
         return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)"))
 
 

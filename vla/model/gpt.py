@@ -35,6 +35,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
+        self.keep_probs = False  # True: also compute and keep the attention probabilities (for inspection)
+        self.probs: torch.Tensor | None = None  # (B, n_head, L, L_keys) of the last call, when kept
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, past: KV | None = None) -> tuple[torch.Tensor, KV]:
         """x: (B, L, D); bias: additive (B or 1, n_head, L, L_past + L) with -inf where not allowed.
@@ -46,7 +48,15 @@ class Attention(nn.Module):
             bias = bias.to(q.dtype)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, dropout_p=drop)
+        if self.keep_probs:
+            self.probs = attention_probs(q, k_all, bias)
         return self.proj(rearrange(y, "b h l d -> b l (h d)")), (k, v)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What scaled_dot_product_attention weighs the values with: softmax(q k^T / sqrt(d) + bias)."""
+    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
+    return torch.softmax(scores if bias is None else scores + bias, dim=-1)
 
 
 class Block(nn.Module):
