@@ -171,3 +171,19 @@ def test_init_from_reports_what_it_matched(metaworld_store, tmp_path):
     assert "model.action_head.net.2.weight" in report["skipped"] and "model.action_head.net.2.weight" in report["fresh"]
     assert "model.trunk.blocks.0.attn.qkv.weight" in report["matched"]
     assert len(report["matched"]) > 10 * len(report["skipped"])
+
+
+def test_attention_maps_account_for_all_attention(metaworld_store, tmp_path):
+    from vla.viz import attention_maps
+
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    episode = store.episode(0)
+    window = [{k: v[t] for k, v in episode.items()} for t in range(3)]
+    maps = attention_maps(policy, window, "reach")
+    assert set(maps) == {"obs.corner", "act"}
+    for m in maps.values():
+        total = m["prefix"] + m["state"].sum() + m["images"]["corner"].sum()
+        assert total == pytest.approx(1.0, abs=1e-4)  # readouts read only the instruction and observations
+        assert m["patches"]["corner"].shape == (3, 4, 4)  # 32x32 frames, 8-pixel patches
+        np.testing.assert_allclose(m["patches"]["corner"].sum((1, 2)), m["images"]["corner"], rtol=1e-4)
