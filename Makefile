@@ -28,7 +28,7 @@ test: install
 
 # The main job, small enough for 2 CPU cores: collect expert demonstrations of a few Meta-World tasks,
 # train the `small` policy, evaluate it beside the zero-action policy on the same seeds (success table,
-# report, videos with the predicted foresight beside the real frames).
+# report, videos with the predicted foresight beside the real frames), and write a foresight video.
 quickstart: install
 	rm -rf $(QUICKSTART_DIR)
 	$(VLA) collect --suite metaworld --tasks $(QUICKSTART_TASKS) --episodes-per-task 20 --workers 2 \
@@ -37,6 +37,8 @@ quickstart: install
 	$(VLA) train --config configs/quickstart.yaml
 	$(VLA) eval --policy $(QUICKSTART_DIR)/policy --suite metaworld --tasks $(QUICKSTART_TASKS) --episodes 10 \
 		--workers 2 --max-steps 200 --baseline zero --videos 1 --out $(QUICKSTART_DIR)/eval
+	$(VLA) foresight --policy $(QUICKSTART_DIR)/policy --suite metaworld --tasks drawer-close-v3 \
+		--out $(QUICKSTART_DIR)/foresight
 
 lint: install
 	$(VENV)/bin/ruff check vla tests bench
