@@ -16,6 +16,7 @@ from vla.errors import UserError
 
 def _collect(args: argparse.Namespace) -> int:
     from vla.collect import CollectConfig, collect, format_report
+    from vla.collect_pretrain import format_image_text_report
 
     cfg = CollectConfig(
         suite=args.suite,
@@ -31,9 +32,12 @@ def _collect(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         keep_failures=args.keep_failures,
         append=args.append,
+        kind=args.kind,
+        frame_stride=args.frame_stride,
+        captions_per_image=args.captions_per_image,
     )
     report = collect(cfg, progress=not args.quiet)
-    print(format_report(report))
+    print(format_image_text_report(report) if cfg.kind == "image-text" else format_report(report))
     short = [t.task for t in report.tasks if t.kept < cfg.episodes_per_task]
     if short:
         print(f"short of {cfg.episodes_per_task} episodes: {', '.join(short)}", file=sys.stderr)
@@ -50,12 +54,30 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process speaks for the run
         return 0
     if result.init_report:
-        r = result.init_report
-        print(f"init from {args.init_from}: {len(r['matched'])} tensors matched, {len(r['skipped'])} skipped, "
-              f"{len(r['fresh'])} initialised fresh")  # fmt: skip
+        from vla.train import summarize_init
+
+        print(f"init from {args.init_from} (details in {result.out / 'init_report.json'}):")
+        print(summarize_init(result.init_report))
     final = f"{result.losses[-1]:.4f}" if result.losses else "-"
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     print(f"trained to step {result.steps}: train loss {final}{val}; checkpoint in {result.out / 'checkpoint'}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from vla.config import load_config
+    from vla.pretrain import check_pretraining_stores
+
+    check_pretraining_stores(load_config(args.config, args.set))
+    return _train(args)
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from vla.pretrain import captions
+
+    for c in captions(args.policy, args.image, args.store, args.episode or [0]):
+        stored = f'  (stored: "{c["stored"]}")' if "stored" in c else ""
+        print(f'{c["source"]}: "{c["caption"]}"{stored}')
     return 0
 
 
@@ -68,6 +90,27 @@ def _foresight(args: argparse.Namespace) -> int:
         print(f"{summary['name']}: \"{summary['instruction']}\", {summary['steps']} steps; foresight PSNR "
               f"{m['psnr']:.2f} dB (copy-last {m['baseline_psnr']:.2f}), SSIM {m['ssim']:.3f} "
               f"(copy-last {m['baseline_ssim']:.3f}); {summary['paths']['foresight.mp4']}")  # fmt: skip
+    return 0
+
+
+def _data_import_video(args: argparse.Namespace) -> int:
+    from vla.datasets.importers import import_video
+
+    report = import_video(args.dir, args.out, args.captions, fps=args.fps, image_size=args.image_size,
+                          camera=args.camera, max_frames=args.max_frames, default_instruction=args.default_instruction,
+                          append=args.append, progress=not args.quiet)  # fmt: skip
+    print(report.summary())
+    if report.held:
+        print(f"slower than {args.fps:g} fps, frames held (not invented): {', '.join(report.held)}")
+    return 0
+
+
+def _data_import_image_text(args: argparse.Namespace) -> int:
+    from vla.datasets.importers import import_image_text
+
+    report = import_image_text(args.dir, args.out, args.captions, image_size=args.image_size, camera=args.camera,
+                               append=args.append, progress=not args.quiet)  # fmt: skip
+    print(report.summary())
     return 0
 
 
@@ -136,16 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the suite's)")
     p.add_argument("--keep-failures", action="store_true", help="also store episodes the expert failed")
     p.add_argument("--append", action="store_true", help="add to an existing store made differently")
+    p.add_argument("--kind", default="robot", help="robot (images, state, actions) | video (action-free clips) | "
+                   "image-text (captioned tabletop scenes; --episodes-per-task counts scenes)")  # fmt: skip
+    p.add_argument("--frame-stride", type=int, default=1, help="video: keep every n-th frame")
+    p.add_argument("--captions-per-image", type=int, default=3, help="image-text: captions (episodes) per scene")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_collect)
 
-    p = sub.add_parser("train", help="train a policy (finetuning, or pretraining when the stores carry no actions)")
-    p.add_argument("--config", default=None, help="a YAML config (configs/*.yaml); defaults otherwise")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
-    p.add_argument("--resume", action="store_true", help="continue the run in train.out exactly where it stopped")
-    p.add_argument("--init-from", default=None, metavar="DIR", help="start from a (pretrained) checkpoint's weights")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
+    for name, func, config, what in (
+        ("train", _train, None, "train a policy on robot stores (and any others in the mixture)"),
+        ("pretrain", _pretrain, "configs/pretrain.yaml", "pretrain on video (foresight) and image-text (captions)"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--config", default=config, help=f"a YAML config (default: {config or 'none, defaults'})")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
+        p.add_argument("--resume", action="store_true", help="continue the run in train.out exactly where it stopped")
+        p.add_argument("--init-from", default=None, metavar="DIR", help="start from a checkpoint's weights")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("caption", help="describe images with a policy pretrained on image-text data")
+    p.add_argument("--policy", required=True, help="a run or checkpoint directory")
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--store", default=None, help="or the first frame of episodes of this store")
+    p.add_argument("--episode", type=int, action="append", default=[], help="episode index (repeatable; default 0)")
+    p.set_defaults(func=_caption)
 
     p = sub.add_parser("eval", help="roll a policy out in a suite and report success with 95% intervals")
     p.add_argument("--policy", required=True, help="zero | expert | a checkpoint directory")
@@ -176,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for foresight.mp4/.gif, grid.png, metrics.json")
     p.set_defaults(func=_foresight)
 
-    data = sub.add_parser("data", help="inspect and validate stores").add_subparsers(
+    data = sub.add_parser("data", help="inspect, validate and import stores").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
     )
     p = data.add_parser("info", help="episodes, steps, keys, tasks, instructions and size of a store")
@@ -186,6 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("check", help="validate a store; exits non-zero naming each problem")
     p.add_argument("store")
     p.set_defaults(func=_data_check)
+    camera_help = "camera name of the frames: name it as your robot store's camera so the pretrained encoder transfers"
+    p = data.add_parser("import-video", help="clips (mp4, webm, gif, mkv, mov) + captions JSONL into a video store")
+    p.add_argument("dir", help="folder of clips (searched recursively)")
+    p.add_argument("--out", required=True, help="the video store to write")
+    p.add_argument("--captions", default=None, help='JSONL: {"file": "clip.mp4", "instruction": "...", "task": ...}')
+    p.add_argument("--default-instruction", default=None, metavar="TEXT", help="for clips without a caption line")
+    p.add_argument("--fps", type=float, default=10.0, help="store frame rate; clips are resampled by timestamp")
+    p.add_argument("--image-size", type=int, default=64, help="square side: center crop, then resize")
+    p.add_argument("--camera", default="corner", help=camera_help)
+    p.add_argument("--max-frames", type=int, default=None, help="keep at most this many frames per clip")
+    p.add_argument("--append", action="store_true", help="add to an existing video store")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_import_video)
+    p = data.add_parser("import-image-text", help="images (png, jpg, webp, bmp) + captions into an image-text store")
+    p.add_argument("dir", help="folder of images (searched recursively)")
+    p.add_argument("--out", required=True, help="the image-text store to write")
+    p.add_argument("--captions", required=True, help='JSONL {"file", "caption"} lines or COCO-style captions JSON')
+    p.add_argument("--image-size", type=int, default=64, help="square side: center crop, then resize")
+    p.add_argument("--camera", default="corner", help=camera_help)
+    p.add_argument("--append", action="store_true", help="add to an existing image-text store")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_import_image_text)
     return parser
 
 

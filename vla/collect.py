@@ -1,5 +1,9 @@
 """`vla collect`: scripted-expert demonstrations from a suite into a trajectory store.
 
+`kind` picks what is stored: "robot" (images, state and actions), "video" (the same expert episodes
+as action-free clips: images only, every `frame_stride`-th frame, with their instructions) or
+"image-text" (captioned scene images, see `vla.collect_pretrain`).
+
 Every episode's seed is a pure function of (seed, suite, split, task, attempt), and attempts are
 written in order, so the same command gives the same store, whatever `--workers`. A re-run resumes:
 attempts whose seeds are already stored are skipped and collection continues after the last stored
@@ -18,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from vla import envs, keys
-from vla.datasets.store import StoreError, TrajectoryStore
+from vla.datasets.store import KINDS, StoreError, TrajectoryStore
 from vla.envs.rollout import Episode, run_episode
-from vla.errors import UserError
+from vla.errors import UserError, choice_error
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,19 @@ class CollectConfig:
     keep_failures: bool = False
     append: bool = False
     max_attempts_per_task: int | None = None  # None: 4x episodes_per_task + 10
+    kind: str = "robot"  # robot | video | image-text (see the module docstring)
+    frame_stride: int = 1  # video: keep every n-th frame (the store's fps is the env's / n)
+    captions_per_image: int = 3  # image-text: captions (episodes) per rendered scene
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise choice_error("--kind", self.kind, KINDS)
+        if self.frame_stride < 1:
+            raise UserError(f"--frame-stride must be >= 1, got {self.frame_stride}")
+        if self.frame_stride != 1 and self.kind != "video":
+            raise UserError(f"--frame-stride applies to --kind video, not --kind {self.kind}")
+        if self.captions_per_image < 1:
+            raise UserError(f"--captions-per-image must be >= 1, got {self.captions_per_image}")
         if self.episodes_per_task < 1:
             raise UserError(f"--episodes-per-task must be >= 1, got {self.episodes_per_task}")
         if self.workers < 1:
@@ -104,21 +119,38 @@ def _close_worker_envs() -> None:
 
 
 # --- main side ---------------------------------------------------------------------------------
+def store_layout(cfg: CollectConfig, env_specs: dict[str, keys.Spec], env_fps: float) -> tuple[dict, float, dict]:
+    """(specs, fps, recipe) of the store `cfg` collects: robot stores keep every key, video and
+    image-text stores only the images; an image-text store has no time axis (fps 0)."""
+    recipe = {k: v for k, v in asdict(cfg).items() if k in ("suite", "split", "image_size", "seed")}
+    if cfg.kind == "robot":
+        return env_specs, env_fps, recipe  # the recipe robot stores have always carried
+    recipe["kind"] = cfg.kind
+    if cfg.kind == "video":
+        recipe["frame_stride"] = cfg.frame_stride
+    else:
+        recipe["captions_per_image"] = cfg.captions_per_image
+    images = {k: s for k, s in env_specs.items() if keys.is_image_key(k)}
+    return images, (env_fps / cfg.frame_stride if cfg.kind == "video" else 0.0), recipe
+
+
 def _open_or_create(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[str, ...]) -> TrajectoryStore:
     """Validate everything, then create or open the store: bad input never leaves a half-made store."""
     probe = suite.make_env(tasks[0], image_size=cfg.image_size, cameras=cameras, split=cfg.split)
     try:
-        specs, fps = probe.unwrapped.feature_specs(), probe.unwrapped.fps
+        specs, fps, recipe = store_layout(cfg, probe.unwrapped.feature_specs(), probe.unwrapped.fps)
     finally:
         probe.close()
-    recipe = {k: v for k, v in asdict(cfg).items() if k in ("suite", "split", "image_size", "seed")}
     recipe["cameras"] = list(cameras)
     try:
         store = TrajectoryStore.open(cfg.out, mode="a")
     except StoreError:
         if TrajectoryStore.exists(cfg.out):
             raise
-        return TrajectoryStore.create(cfg.out, specs, fps=fps, kind="robot", extra_attrs={"collect": recipe})
+        return TrajectoryStore.create(cfg.out, specs, fps=fps, kind=cfg.kind, extra_attrs={"collect": recipe})
+    if store.kind != cfg.kind:
+        store.close()
+        raise StoreError(f"{cfg.out} is a {store.kind} store; collect --kind {cfg.kind} into another path")
     if store.specs != specs:
         store.close()
         raise StoreError(
@@ -147,6 +179,10 @@ def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
     """Collect `episodes_per_task` expert episodes per task into `cfg.out` (resuming what is there)."""
     import time
 
+    if cfg.kind == "image-text":
+        from vla.collect_pretrain import collect_image_text
+
+        return collect_image_text(cfg, progress)
     suite = envs.get_suite(cfg.suite)
     tasks = envs.resolve_tasks(suite, cfg.tasks)
     cameras = envs.resolve_cameras(suite, cfg.cameras)
@@ -200,12 +236,12 @@ def _collect_task(cfg, store, task, split, cameras, run, bar) -> TaskReport:
             report.succeeded += episode.success
             if episode.success or cfg.keep_failures:
                 store.add_episode(
-                    episode.data,
+                    _stored_data(cfg, episode.data),
                     instruction=episode.instruction,
                     task=task,
                     success=episode.success,
                     seed=episode.seed,
-                    source="expert",
+                    source="video" if cfg.kind == "video" else "expert",
                 )
                 report.kept += 1
                 bar.update(1)
@@ -214,6 +250,13 @@ def _collect_task(cfg, store, task, split, cameras, run, bar) -> TaskReport:
     if report.kept < cfg.episodes_per_task:
         log.warning("%s: kept %d of %d episodes after %d attempts", task, report.kept, cfg.episodes_per_task, attempt)
     return report
+
+
+def _stored_data(cfg: CollectConfig, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the store keeps of an episode: all of it, or for video every `frame_stride`-th image."""
+    if cfg.kind == "robot":
+        return data
+    return {k: v[:: cfg.frame_stride] for k, v in data.items() if keys.is_image_key(k)}
 
 
 def format_report(report: CollectReport) -> str:

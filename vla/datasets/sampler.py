@@ -7,6 +7,9 @@ A window anchored at step t of an episode holds:
     future.<image key> step t+foresight_offset         (H, W, 3)           + `future.<key>_is_pad` ()
     instruction, task  the episode's metadata (str)
 
+An image-text store's windows are its one frame (history 1, no future frame) and `caption` in place
+of `instruction`. Video stores simply have no state or action keys.
+
 Steps outside the episode repeat its first or last step (edge padding) and are marked in the mask,
 which every loss honours.
 """
@@ -38,8 +41,10 @@ class WindowSpec:
         if self.foresight_offset < 0:
             raise UserError(f"foresight_offset must be >= 0, got {self.foresight_offset}")
 
-    def offsets(self, specs: dict[str, keys.Spec]) -> dict[str, tuple[str, np.ndarray]]:
+    def offsets(self, specs: dict[str, keys.Spec], kind: str = "robot") -> dict[str, tuple[str, np.ndarray]]:
         """{output key: (store key, step offsets relative to the anchor)}."""
+        if kind == "image-text":
+            return {key: (key, np.array([0])) for key in specs}
         out = {}
         for key in specs:
             if key == keys.ACTION:
@@ -121,7 +126,8 @@ class WindowDataset(Dataset):
         self.episodes = np.arange(self.store.num_episodes) if episodes is None else np.asarray(episodes)
         if len(self.episodes) == 0:
             raise UserError(f"no episodes to sample from in {self.store.path}")
-        self.offsets = window.offsets(self.store.specs)
+        self.offsets = window.offsets(self.store.specs, self.store.kind)
+        self.text_key = keys.CAPTION if self.store.kind == "image-text" else keys.INSTRUCTION
         self.cache_bytes = cache_bytes
         starts, ends = self.store.episode_starts, self.store.episode_ends
         self._starts, self._ends = starts, ends
@@ -176,7 +182,7 @@ class WindowDataset(Dataset):
                     values, is_pad = values[0], is_pad[0]
                 item[out_key] = values
                 item[keys.pad_key(out_key)] = np.asarray(is_pad)
-        item[keys.INSTRUCTION] = str(self.instructions[episode])
+        item[self.text_key] = str(self.instructions[episode])
         item[keys.TASK] = str(self.tasks[episode])
         item["episode_index"] = episode
         return item

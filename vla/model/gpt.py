@@ -92,7 +92,11 @@ class Trunk(nn.Module):
         k_pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Additive attention bias (B or 1, n_head, Lq, Lk) from token kinds, timesteps and key padding (B, Lk)."""
-        allowed = can_attend(q_kind[:, None], q_step[:, None], k_kind[None, :], k_step[None, :])[None]
+        # Text is causal within itself: positions in the sequence (queries and keys are the same tokens
+        # whenever text is present; streaming never carries text).
+        pos = torch.arange(len(q_kind), device=q_kind.device) if len(q_kind) == len(k_kind) else None
+        allowed = can_attend(q_kind[:, None], q_step[:, None], k_kind[None, :], k_step[None, :],
+                             *((pos[:, None], pos[None, :]) if pos is not None else ()))[None]  # fmt: skip
         if k_pad is not None:
             allowed = allowed & ~k_pad[:, None, :]
         dt = (q_step[:, None] - k_step[None, :]).clamp(0, self.max_history - 1)

@@ -5,6 +5,11 @@ losses from batches and runs inference. Two ways to run the trunk give the same 
 
 - `forward` over a whole window (training, and full recomputation at inference);
 - `start_stream` + `stream_step`: one new timestep per call, earlier timesteps' keys/values cached.
+
+Data without robot state or actions (video, image-text) runs through the same network: its sequences
+simply leave out the [STATE] and [ACT] tokens, and `text_states` adds caption tokens after an image.
+A model built without `state_dim`/`action_dim` (pretraining on such data alone) has no state encoder
+and no action head; finetuning adds them fresh (`vla train --init-from`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from vla.model.encoders import StateEncoder, VisionEncoder
 from vla.model.gpt import KV, Trunk
 from vla.model.heads import ActionHead, FlowHead, ForesightDecoder
 from vla.model.layout import Kind, TokenLayout
+from vla.model.text import TextHead
 
 
 @dataclass
@@ -38,12 +44,15 @@ class GR1(nn.Module):
         cfg: ModelConfig,
         cameras: list[str],
         image_size: int,
-        state_dim: int,
-        action_dim: int,
+        state_dim: int | None,
+        action_dim: int | None,
         history: int,
         chunk: int,
         lang_dim: int = 384,
+        vocab: torch.Tensor | None = None,
     ):
+        """state_dim/action_dim None: no state encoder/action head; vocab: the language model's input
+        embeddings (V, E) for the text head (None: no text head)."""
         super().__init__()
         self.cfg, self.cameras, self.history = cfg, list(cameras), history
         d = cfg.d_model
@@ -54,15 +63,16 @@ class GR1(nn.Module):
                 for c in self.cameras
             }  # fmt: skip
         )
-        self.state_encoder = StateEncoder(state_dim, d)
+        self.state_encoder = StateEncoder(state_dim, d) if state_dim else None
         self.lang_proj = nn.Linear(lang_dim, d)
         # What a token is within its timestep: added to observation tokens, and all a readout starts from.
         self.obs_slots = nn.Parameter(torch.randn(self.layout.n_obs, d) * 0.02)
         self.readout_slots = nn.Parameter(torch.randn(self.layout.n_readout, d) * 0.02)
         self.trunk = Trunk(d, cfg.n_layer, cfg.n_head, history, cfg.dropout)
-        if cfg.action_head == "flow":
+        self.action_head = None
+        if action_dim and cfg.action_head == "flow":
             self.action_head = FlowHead(d, chunk, action_dim, cfg.flow_steps)
-        else:
+        elif action_dim:
             self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper)
         self.foresight = nn.ModuleDict(
             {
@@ -70,17 +80,23 @@ class GR1(nn.Module):
                 for c in self.cameras
             }  # fmt: skip
         )
+        self.text = TextHead(d, vocab, cfg.max_text_len) if vocab is not None else None
         self.apply(_init_weights)
 
     # --- tokens -------------------------------------------------------------------------------------
-    def observation_tokens(self, images: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
-        """images: {camera: (B, T, 3, H, W)}, state: (B, T, S) normalised -> (B, T, n_obs, d)."""
-        B, T = state.shape[:2]
-        parts = [self.state_encoder(state)[:, :, None]]
-        for cam in self.cameras:
+    def observation_tokens(self, images: dict[str, torch.Tensor], state: torch.Tensor | None = None) -> torch.Tensor:
+        """images: {camera: (B, T, 3, H, W)} for some or all cameras, state: (B, T, S) normalised or None
+        (video, image-text) -> (B, T, n_obs', d): the groups the data has, in layout order."""
+        cameras = [c for c in self.cameras if c in images]
+        B = images[cameras[0]].shape[0]
+        parts = [] if state is None else [self.state_encoder(state)[:, :, None]]
+        for cam in cameras:
             frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
             parts.append(rearrange(self.vision[cam](frames), "(b t) n d -> b t n d", b=B))
-        return torch.cat(parts, dim=2) + self.obs_slots
+        slices = self.layout.group_slices(self.layout.observation)
+        groups = self.layout.observation_groups(state is not None, cameras)
+        slots = torch.cat([self.obs_slots[slices[g.name]] for g in groups])
+        return torch.cat(parts, dim=2) + slots
 
     def prefix_tokens(self, lang: torch.Tensor) -> torch.Tensor:
         """lang: (B, lang_dim) sentence embeddings -> (B, 1, d)."""
@@ -88,24 +104,40 @@ class GR1(nn.Module):
 
     # --- the whole window -----------------------------------------------------------------------------
     def forward(
-        self, lang: torch.Tensor, obs: torch.Tensor, step_is_pad: torch.Tensor | None = None, readouts: str = "all"
+        self,
+        lang: torch.Tensor,
+        obs: torch.Tensor,
+        step_is_pad: torch.Tensor | None = None,
+        readouts: str = "all",
+        action: bool = True,
     ) -> torch.Tensor:
-        """lang: (B, lang_dim); obs: (B, T, n_obs, d) from `observation_tokens`; step_is_pad: (B, T).
+        """lang: (B, lang_dim); obs: (B, T, n_obs, d) from `observation_tokens`; step_is_pad: (B, T);
+        action: whether the readouts include [ACT] (not for video).
 
         Returns readout states (B, T', n_readout, d) for T' = T ("all") or 1 ("last")."""
         B, T = obs.shape[:2]
-        readout = self.readout_slots.expand(B, 1, -1, -1)
+        readout = self.readout_slots if action else self.readout_slots[:-1]  # [ACT] is the last readout
+        readout = readout.expand(B, 1, -1, -1)
         if readouts == "all":
             steps = torch.cat([obs, readout.expand(B, T, -1, -1)], dim=2).flatten(1, 2)
         else:
             steps = torch.cat([obs.flatten(1, 2), readout[:, 0]], dim=1)
         x = torch.cat([self.prefix_tokens(lang), steps], dim=1)
-        kind, step = (t.to(x.device) for t in self.layout.tokens(T, readouts))
+        kind, step = (t.to(x.device) for t in self.layout.tokens(T, readouts, n_obs=obs.shape[2], action=action))
         k_pad = None
         if step_is_pad is not None:
             k_pad = step_is_pad[:, step.clamp(min=0)] & (step >= 0)
         h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step, k_pad))
-        return h[:, kind == Kind.READOUT].unflatten(1, (-1, self.layout.n_readout))
+        return h[:, kind == Kind.READOUT].unflatten(1, (-1, readout.shape[2]))
+
+    def text_states(self, lang: torch.Tensor, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Captioning: lang (B, lang_dim) prompt, obs (B, 1, n_obs', d) one image's tokens, ids (B, L)
+        caption tokens so far -> (B, L, d) states, state i predicting token i+1."""
+        T = obs.shape[1]
+        x = torch.cat([self.prefix_tokens(lang), obs.flatten(1, 2), self.text.embed(ids)], dim=1)
+        kind, step = (t.to(x.device) for t in self.layout.tokens(T, "none", n_obs=obs.shape[2], text=ids.shape[1]))
+        h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step))
+        return h[:, kind == Kind.TEXT]
 
     # --- streaming -----------------------------------------------------------------------------------
     def start_stream(self, lang: torch.Tensor) -> StreamCache:
@@ -156,11 +188,12 @@ class GR1(nn.Module):
         return h[:, n_obs:] if readout else None
 
     # --- heads -------------------------------------------------------------------------------------------
-    def split_readouts(self, h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(..., n_readout, d) -> ({camera: (..., q, d)}, act (..., d))."""
+    def split_readouts(self, h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """(..., n_readout, d) -> ({camera: (..., q, d)}, act (..., d) or None when [ACT] was left out)."""
         slices = self.layout.group_slices(self.layout.readout)
         obs = {c: h[..., slices[f"obs.{c}"], :] for c in self.cameras}
-        return obs, h[..., slices["act"], :].squeeze(-2)
+        has_act = h.shape[-2] == self.layout.n_readout
+        return obs, h[..., slices["act"], :].squeeze(-2) if has_act else None
 
 
 def _init_weights(module: nn.Module) -> None:

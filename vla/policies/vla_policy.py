@@ -7,7 +7,11 @@
 
 Training: `loss, metrics = policy(batch)` on a collated window batch (see `vla.datasets.sampler`).
 Which losses run is decided by what the batch carries: `action` -> the action loss, `future.<image
-key>` -> the foresight loss.
+key>` -> the foresight loss, `caption` -> the captioning loss. A batch without `observation.state`
+(video) leaves out the [STATE] token, one without `action` the [ACT] readout, so the state encoder
+and the action head see no such batch and get no gradient from it.
+
+    policy.caption(image)   # image-text pretraining: a generated description of a frame
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vla.config import Config, load_config, save_config
 from vla.errors import UserError
 from vla.model.encoders import SentenceEncoder
 from vla.model.gr1 import GR1, StreamCache
+from vla.model.text import CAPTION_PROMPT
 from vla.policies.base import Prediction
 from vla.policies.normalizer import Normalizer
 
@@ -53,16 +58,19 @@ class VLAPolicy(nn.Module):
         cameras = [keys.camera_of(k) for k in self.image_keys]
         image_size = self.features[self.image_keys[0]].shape[0]
         self.normalizer = Normalizer(self.features, stats)
+        self.language = sentence_encoder(cfg.model.language_model)
+        dims = {k: self.features[k].shape[0] if k in self.features else None for k in (keys.OBS_STATE, keys.ACTION)}
         self.model = GR1(
             cfg.model,
             cameras,
             image_size,
-            state_dim=self.features[keys.OBS_STATE].shape[0],
-            action_dim=self.features[keys.ACTION].shape[0],
+            state_dim=dims[keys.OBS_STATE],
+            action_dim=dims[keys.ACTION],
             history=cfg.data.history,
             chunk=cfg.data.chunk,
+            lang_dim=self.language.dim,
+            vocab=self.language.model.get_input_embeddings().weight,
         )
-        self.language = sentence_encoder(cfg.model.language_model)
         self.n_action_steps = cfg.train.n_action_steps
         self.temporal_ensemble = cfg.train.temporal_ensemble
         self.streaming = True  # False: recompute the whole window every step (for comparison)
@@ -75,8 +83,14 @@ class VLAPolicy(nn.Module):
 
     def _observation_tokens(self, batch: dict) -> torch.Tensor:
         """Raw (B, T, ...) observations -> (B, T, n_obs, d) tokens."""
-        images = {keys.camera_of(k): self.normalizer.normalize_images(k, batch[k]) for k in self.image_keys}
-        state = self.normalizer.normalize(keys.OBS_STATE, batch[keys.OBS_STATE])
+        images = {
+            keys.camera_of(k): self.normalizer.normalize_images(k, batch[k]) for k in self.image_keys if k in batch
+        }
+        if not images:
+            raise UserError(f"a batch with keys {sorted(batch)} has none of this policy's cameras {self.image_keys}")
+        state = None
+        if keys.OBS_STATE in batch and self.model.state_encoder is not None:
+            state = self.normalizer.normalize(keys.OBS_STATE, batch[keys.OBS_STATE])
         return self.model.observation_tokens(images, state)
 
     def _lang(self, instructions: list[str]) -> torch.Tensor:
@@ -86,18 +100,26 @@ class VLAPolicy(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """A collated window batch (raw units) -> (weighted loss, metrics)."""
         batch = {k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()}
-        obs = self._observation_tokens(batch)
-        pad = batch.get(keys.pad_key(keys.OBS_STATE))
-        h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="last")[:, -1]
-        obs_readouts, act = self.model.split_readouts(h)
         weights, losses, metrics = self.cfg.train, {}, {}
-        if keys.ACTION in batch:
-            losses["action"], extra = self._action_loss(act, batch)
-            metrics.update(extra)
-        foresight = [k for k in self.image_keys if keys.future_key(k) in batch]
-        if foresight:
-            losses["foresight"] = sum(self._foresight_loss(k, obs_readouts, batch) for k in foresight) / len(foresight)
-        scale = {"action": weights.action_weight, "foresight": weights.foresight_weight}
+        if keys.CAPTION in batch:
+            losses["text"] = self._text_loss(batch)
+        else:
+            obs = self._observation_tokens(batch)
+            pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)
+            action = keys.ACTION in batch and self.model.action_head is not None
+            h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="last", action=action)[:, -1]
+            obs_readouts, act = self.model.split_readouts(h)
+            if action:
+                losses["action"], extra = self._action_loss(act, batch)
+                metrics.update(extra)
+            foresight = [k for k in self.image_keys if keys.future_key(k) in batch]
+            if foresight:
+                losses["foresight"] = sum(self._foresight_loss(k, obs_readouts, batch) for k in foresight) / len(
+                    foresight
+                )
+        if not losses:
+            raise UserError(f"a batch with keys {sorted(batch)} gives this policy nothing to learn")
+        scale = {"action": weights.action_weight, "foresight": weights.foresight_weight, "text": weights.text_weight}
         loss = sum(scale[name] * value for name, value in losses.items())
         metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
         return loss, {k: float(v) for k, v in metrics.items()}
@@ -115,6 +137,36 @@ class VLAPolicy(nn.Module):
         decoder = self.model.foresight[keys.camera_of(key)]
         pred = decoder(obs_readouts[keys.camera_of(key)])
         return decoder.loss(pred, batch[keys.future_key(key)], ~batch[keys.pad_key(keys.future_key(key))])
+
+    def _caption_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt embedding and one image's tokens (its last frame) per batch entry."""
+        images = {k: batch[k][:, -1:] for k in self.image_keys if k in batch}
+        obs = self._observation_tokens(images)
+        return self._lang([CAPTION_PROMPT] * obs.shape[0]), obs
+
+    def _text_loss(self, batch: dict) -> torch.Tensor:
+        tokens = self.language.tokenizer(
+            batch[keys.CAPTION], padding=True, truncation=True, max_length=self.cfg.model.max_text_len + 1,
+            return_tensors="pt",
+        )  # fmt: skip
+        ids, keep = tokens["input_ids"].to(self._device()), tokens["attention_mask"].to(self._device()).bool()
+        lang, obs = self._caption_inputs(batch)
+        h = self.model.text_states(lang, obs, ids[:, :-1])
+        return self.model.text.loss(h, ids[:, 1:], keep[:, 1:])
+
+    @torch.no_grad()
+    def caption(self, image: np.ndarray, max_tokens: int | None = None) -> str:
+        """A greedy caption of one raw frame (H, W, 3) uint8, for every camera the same frame."""
+        tokenizer = self.language.tokenizer
+        frame = torch.as_tensor(np.array(image))[None, None].to(self._device())
+        lang, obs = self._caption_inputs({k: frame for k in self.image_keys})
+        ids = torch.tensor([[tokenizer.cls_token_id]], device=self._device())
+        for _ in range(min(max_tokens or self.cfg.model.max_text_len, self.cfg.model.max_text_len) - 1):
+            logits = self.model.text.logits(self.model.text_states(lang, obs, ids)[:, -1])
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+            if ids[0, -1] == tokenizer.sep_token_id:
+                break
+        return tokenizer.decode(ids[0], skip_special_tokens=True)
 
     # --- inference -----------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -158,11 +210,22 @@ class VLAPolicy(nn.Module):
         return None
 
     def _obs_keys(self) -> list[str]:
-        return [*self.image_keys, keys.OBS_STATE]
+        return [*self.image_keys, *([keys.OBS_STATE] if keys.OBS_STATE in self.features else [])]
 
     def _decode(self, h: torch.Tensor) -> Prediction:
         """Readout states (1, n_readout, d) -> raw-unit actions and uint8 frames."""
         obs_readouts, act = self.model.split_readouts(h)
+        if self.model.action_head is None:  # pretrained on video alone: it foresees, it does not act
+            actions = torch.zeros(0, 0)
+        else:
+            actions = self._actions(act)
+        foresight = {}
+        for key in self.image_keys if self.foresee else []:
+            decoder = self.model.foresight[keys.camera_of(key)]
+            foresight[key] = decoder.to_frames(decoder(obs_readouts[keys.camera_of(key)]))[0].cpu().numpy()
+        return Prediction(actions.float().cpu().numpy(), foresight, self.cfg.data.foresight_offset)
+
+    def _actions(self, act: torch.Tensor) -> torch.Tensor:
         chunk = self.model.action_head.sample(act)[0]
         actions = self.normalizer.unnormalize(keys.ACTION, chunk)
         if self.cfg.model.gripper and self.cfg.model.action_head == "mlp":
@@ -170,11 +233,7 @@ class VLAPolicy(nn.Module):
             closed = chunk[:, -1] > 0.5
             low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
             actions[:, -1] = torch.where(closed, high, low)
-        foresight = {}
-        for key in self.image_keys if self.foresee else []:
-            decoder = self.model.foresight[keys.camera_of(key)]
-            foresight[key] = decoder.to_frames(decoder(obs_readouts[keys.camera_of(key)]))[0].cpu().numpy()
-        return Prediction(actions.float().cpu().numpy(), foresight, self.cfg.data.foresight_offset)
+        return actions
 
     def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         """One raw-unit action. Every call observes; a new chunk is predicted when the queue runs dry

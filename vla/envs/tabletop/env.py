@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -12,7 +13,7 @@ import numpy as np
 from vla import keys
 from vla.envs.render import make_renderer
 from vla.envs.tabletop import chains, splits
-from vla.envs.tabletop.episodes import BODY_OF, EpisodeSpec, Subtask, sample_episode
+from vla.envs.tabletop.episodes import BODY_OF, KIND_OF, EpisodeSpec, Subtask, sample_episode
 from vla.envs.tabletop.scene import (
     BLOCK_HALF,
     BLOCKS,
@@ -33,6 +34,19 @@ SETTLE_STEPS = 50  # physics steps (0.1 s) after placing objects, so contacts st
 # Bounds of observation.state: the hand's joint ranges at the grip site, with a margin for contact.
 STATE_LOW = np.array([-0.4, -0.38, -0.05, 0.0], dtype=np.float32)
 STATE_HIGH = np.array([0.4, 0.36, 0.42, 1.0], dtype=np.float32)
+# Entity -> every body drawn as part of it (the drawer with its cabinet, the button with base and lamp).
+DRAWN_BODIES = {"drawer": ("cabinet", "drawer"), "button": ("button_base", "button")}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One coloured object of the current scene, as privileged state (for captions and tests)."""
+
+    name: str  # the entity: "block_2", "bowl", "pad", "bottle", "drawer", "button"
+    kind: str  # "block", "bowl", "pad", "bottle", "drawer", "button"
+    colour: str  # a colour name of `splits.PALETTE`
+    position: np.ndarray  # (3,) world m of its body (the cabinet's for the drawer, the base's for the button)
+    pixels: int  # pixels of the camera's frame that show it now (0: hidden or out of view)
 
 
 class TabletopEnv(gym.Env):
@@ -232,6 +246,34 @@ class TabletopEnv(gym.Env):
             self._release = weakref.finalize(self, self._renderer.close)
         self._renderer.update_scene(self.scene.data, camera=camera)
         return self._renderer.render()
+
+    def scene_objects(self, camera: str = "static") -> list[SceneObject]:
+        """The episode's coloured objects (blocks, bowl, pad, bottle, drawer, button) now, with the
+        pixels of each that `camera` shows at `image_size`; read-only, renders one segmentation frame."""
+        if self.episode is None:
+            raise gym.error.ResetNeeded("call reset() before scene_objects()")
+        if camera not in CAMERAS:
+            raise choice_error("tabletop camera", camera, CAMERAS)
+        self.render_camera(camera)  # makes the renderer on first use
+        self._renderer.enable_segmentation_rendering()
+        try:
+            self._renderer.update_scene(self.scene.data, camera=camera)
+            seg = self._renderer.render()  # (S, S, 2): object id and object type per pixel
+        finally:
+            self._renderer.disable_segmentation_rendering()
+        geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
+        body = self.scene.model.geom_bodyid[geom[geom >= 0]]
+        per_body = np.bincount(body, minlength=self.scene.model.nbody)
+        return [
+            SceneObject(
+                name=entity,
+                kind=KIND_OF[entity],
+                colour=colour,
+                position=self.scene.pos(BODY_OF.get(entity, entity)),
+                pixels=int(sum(per_body[self.scene.body[b]] for b in DRAWN_BODIES.get(entity, (entity,)))),
+            )
+            for entity, colour in self.episode.colours.items()
+        ]
 
 
 def apply_episode(scene: Scene, spec: EpisodeSpec) -> None:
