@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for foresight.mp4/.gif, grid.png, metrics.json")
     p.set_defaults(func=_foresight)
 
+    from vla.robot import cli as robot_cli
+
+    robot_cli.add_parser(sub)
+
     data = sub.add_parser("data", help="inspect, validate and import stores").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
     )

@@ -276,5 +276,8 @@ class VLAPolicy(nn.Module):
 
         directory = resolve(directory)
         policy = cls(load_config(directory / CONFIG))
-        policy.load_state_dict(load_file(directory / WEIGHTS))
+        weights = load_file(directory / WEIGHTS)
+        if not any(k.startswith("model.text.") for k in weights):  # saved before the text head existed
+            policy.model.text = None
+        policy.load_state_dict(weights)
         return policy.to(device).eval()

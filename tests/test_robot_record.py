@@ -1,0 +1,103 @@
+"""Recording runs into stores, and `vla control` end to end on the mock robot (CLI, report, errors)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.robot_fixtures import FEATURES, START, constant_policy, control, run_mock
+from vla import keys
+from vla.config import load_config
+from vla.datasets.inspect import check_store
+from vla.datasets.store import StoreError, TrajectoryStore
+from vla.policies.vla_policy import VLAPolicy
+from vla.robot import Fault, Recorder, robot_features
+from vla.robot.mock import MockRobot, mock_features
+
+
+def test_a_recorded_run_reads_back_with_the_actions_sent(tmp_path):
+    path = tmp_path / "runs.zarr"
+    features = robot_features(MockRobot(FEATURES))
+    recorder = Recorder(path, features, fps=50)
+    robot, report = run_mock(constant_policy((0.05, 0, 0, 2.0)), faults=[Fault(5, "nan_state")], hz=50, ticks=15,
+                             recorder=recorder)  # fmt: skip
+    assert recorder.write(instruction="push right", task="mock", success=True) == 0
+    store = TrajectoryStore.open(path)
+    episode = store.episode(0)
+    # One step per tick but the NaN frame's; the hold sent after the last tick is not a step.
+    sent = np.stack([a for i, a in enumerate(robot.sent[:15]) if i != 5])
+    np.testing.assert_array_equal(episode[keys.ACTION], sent)
+    assert np.all(episode[keys.ACTION][:, 0] <= 0.01) and np.all(episode[keys.ACTION][:, 3] == 1.0)  # clamped
+    assert np.all(np.isfinite(episode[keys.OBS_STATE])) and len(episode[keys.OBS_STATE]) == 14
+    meta = store.episode_meta(0)
+    assert meta["source"] == "policy" and meta["instruction"] == "push right" and meta["success"]
+    problems, _ = check_store(path)
+    assert problems == []
+    # A second run appends; a robot of another shape is refused before it moves.
+    recorder = Recorder(path, features, fps=50)
+    run_mock(constant_policy(), hz=50, ticks=5, recorder=recorder)
+    recorder.write(instruction="again", task="mock", success=False)
+    assert TrajectoryStore.open(path).num_episodes == 2
+    with pytest.raises(StoreError, match="differ: action, observation.state"):
+        Recorder(path, mock_features(("front",), 8, state_dim=6, action_dim=6), fps=50)
+
+
+# --- the CLI ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained `tiny` policy shaped like the mock robot (one 16x16 camera, 4-d state and action)."""
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config(overrides=["model.preset=tiny", "data.history=2", "data.chunk=4", "train.n_action_steps=2"])
+    cfg.features = {k: s.to_json() for k, s in mock_features(("front",), 16).items()}
+    torch.manual_seed(0)
+    VLAPolicy(cfg).save_pretrained(out)
+    return out
+
+
+def test_cli_mock_run_records_and_reports(tiny_checkpoint, tmp_path, capsys):
+    store, report = tmp_path / "deploy.zarr", tmp_path / "report.json"
+    rc = control(["--policy", str(tiny_checkpoint), "--robot", "mock", "--hz", "20", "--duration", "1",
+                  "--instruction", "reach the cube", "--record", str(store), "--success", "yes",
+                  "--report", str(report), "--mode", "sync", "-q", "--set", "robot.mock.faults=[]"])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert f"mock: {data['ticks']} ticks" in out and "recorded episode 0" in out
+    # 20 ticks on time; fewer when a loaded machine overran some (their slots are skipped, not burst through)
+    assert data["ticks"] + data["missed_ticks"] == 20 and data["mode"] == "sync" and data["inference_p50_ms"] > 0
+    assert data["recorded"] == {"store": str(store), "episode": 0, "success": True}
+    s = TrajectoryStore.open(store)
+    assert s.num_episodes == 1 and s.episode_meta(0)["instruction"] == "reach the cube"
+    assert len(s.episode(0)[keys.ACTION]) == data["ticks"] and check_store(store)[0] == []
+
+
+def test_cli_fault_run_exits_1_with_the_safe_stop(tiny_checkpoint, tmp_path, capsys):
+    rc = control(["--policy", str(tiny_checkpoint), "--robot", "mock", "--hz", "20", "--duration", "2",
+                  "--instruction", "x", "-q", "--set", "robot.mock.faults=[{tick: 3, kind: disconnect}]"])  # fmt: skip
+    assert rc == 1
+    assert "safe_stop: RobotDisconnected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--robot", "ur5"], "unknown robot 'ur5'; valid: sim, mock, lerobot:<type>"),
+        (["--hz", "0"], "--hz must be in (0, 1000], got 0.0"),
+        (["--mode", "fast"], "unknown --mode 'fast'; valid: sync, async"),
+        (["--policy", "no/such/dir"], "--policy 'no/such/dir' is neither zero nor a checkpoint directory"),
+    ],
+)
+def test_cli_bad_input_is_one_line(argv, message, capsys):
+    base = {"--policy": "zero", "--robot": "mock", "--instruction": "x", "--duration": "1"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    rc = control([item for pair in base.items() for item in pair])
+    out = capsys.readouterr().out.strip()
+    assert rc == 2 and message in out and "\n" not in out
+
+
+def test_zero_policy_rehearsal_on_the_mock(capsys):
+    assert control(["--policy", "zero", "--robot", "mock", "--instruction", "x", "--duration", "0.5", "-q",
+                    "--set", "robot.mock.faults=[]", "--set", f"robot.mock.start={START}"]) == 0  # fmt: skip
+    assert "safe stops 0" in capsys.readouterr().out

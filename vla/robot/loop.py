@@ -1,0 +1,286 @@
+"""The fixed-rate control loop: observe, infer, shield, send, on a wall-clock grid, with a report.
+
+    loop = ControlLoop(robot, policy, ShieldConfig(...), LoopConfig("open the drawer", hz=10, duration=10))
+    report = loop.run()          # the robot must be connected; a safe stop disconnects it
+
+Tick k starts at t0 + k/hz. It reads an observation; the shield's watchdog judges it (stale or NaN ->
+hold, and the policy never sees it); a valid one goes to the inference (sync: predicted in the tick;
+async: handed to the worker thread); the action due now (see `vla.robot.inference`) passes the shield
+and is sent; the robot's reply is what gets recorded. A tick that overruns by more than a period
+skips the missed slots instead of bursting to catch up; the actions of those slots are dropped.
+
+Safe stop (hold for `stop_hold` s, then disconnect) on SIGINT or SIGTERM (handled at the next tick
+boundary, so a bus write is never torn; a second signal interrupts at once), on any exception from the
+robot or the policy, and when faults keep the shield holding for `stop_after` s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from vla import keys
+from vla.errors import UserError, choice_error
+from vla.robot.inference import AsyncInference, ChunkSchedule, SyncInference, policy_history, predict_chunk
+from vla.robot.protocol import Robot, RobotDisconnected
+from vla.robot.report import ControlReport, summarize
+from vla.robot.shield import CLAMP_KINDS, HOLD_KINDS, SAFE_STOP, SafetyEvent, Shield, ShieldConfig, check_observation
+
+log = logging.getLogger(__name__)
+
+MODES = ("sync", "async")
+
+
+@dataclass
+class LoopConfig:
+    instruction: str
+    hz: float = 10.0
+    mode: str = "async"  # sync: infer inside the tick | async: a worker thread infers while the loop runs on
+    duration: float | None = None  # s; None: until the episode ends, max_ticks or a signal
+    max_ticks: int | None = None
+    temporal_ensemble: float | None = None  # k > 0: ACT's ensembling; None: the policy's own setting
+    n_action_steps: int | None = None  # actions played per chunk before the next; None: the policy's
+
+    def __post_init__(self):
+        if not (isinstance(self.hz, int | float) and 0 < self.hz <= 1000):
+            raise UserError(f"--hz must be in (0, 1000], got {self.hz!r}")
+        if self.mode not in MODES:
+            raise choice_error("control mode", self.mode, MODES)
+        if self.duration is not None and self.duration <= 0:
+            raise UserError(f"--duration must be > 0 seconds, got {self.duration}")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise UserError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
+
+
+class SafeStop(Exception):
+    """Raised inside the loop to stop safely for a reason of its own (signal, watchdog, policy failure)."""
+
+
+class ControlLoop:
+    def __init__(self, robot: Robot, policy, shield_cfg: ShieldConfig, cfg: LoopConfig, recorder=None,
+                 progress: bool = False):  # fmt: skip
+        self.robot, self.policy, self.cfg, self.recorder, self.progress = robot, policy, cfg, recorder, progress
+        self.shield_cfg = shield_cfg
+        action_dim = robot.action_features[keys.ACTION].shape[0]
+        state_dim = robot.observation_features[keys.OBS_STATE].shape[0]
+        self.shield = Shield(shield_cfg, action_dim, state_dim, cfg.hz)
+        k = cfg.temporal_ensemble if cfg.temporal_ensemble is not None else getattr(policy, "temporal_ensemble", 0)
+        self.schedule = ChunkSchedule(cfg.hz, float(k or 0.0))
+        steps = cfg.n_action_steps or getattr(policy, "n_action_steps", None) or 10**9
+        if cfg.mode == "async" and not hasattr(policy, "predict"):
+            raise UserError("async control needs a policy that predicts action chunks (predict); use --mode sync")
+        worker = AsyncInference if cfg.mode == "async" else SyncInference
+        self.inference = worker(policy, cfg.instruction, self.schedule, steps)
+        self.period = 1.0 / cfg.hz
+        self.report = ControlReport(cfg.mode, cfg.hz)
+        self.starts: list[float] = []
+        self.obs_to_action: list[float] = []
+        self.last_state = np.zeros(state_dim, np.float32)
+        self.fault_since: float | None = None
+        self.last_obs_time = -math.inf  # capture time of the last observation the policy saw
+        self.signal_name: str | None = None
+        self.done = False
+        self.t0 = 0.0
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self) -> ControlReport:
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
+        old_handlers, old_switch = self._install_signals(), sys.getswitchinterval()
+        sys.setswitchinterval(0.001)  # the GIL changes hands within 1 ms, not 5: the tick waits less on the worker
+        total = round(self.cfg.duration * self.cfg.hz) if self.cfg.duration else self.cfg.max_ticks
+        bar = tqdm(total=total, unit="tick", desc="control", disable=not self.progress)
+        self.t0, k = time.monotonic(), 0
+        try:
+            self._warm_up()
+            self.inference.start()
+            self.t0 = time.monotonic()
+            while not self._should_end(k):
+                self._sleep_until(self.t0 + k * self.period)
+                if self.signal_name:
+                    raise SafeStop(f"{self.signal_name} received")
+                self._tick()
+                bar.update(1)
+                k = self._next_tick(k)
+            self.shield.memory.last_velocity = None
+            action, _ = self.shield.hold(self.last_state)
+            if action is not None:
+                self.robot.send_action(action)  # leave the robot holding, not mid-motion
+        except (Exception, KeyboardInterrupt) as e:
+            self._safe_stop(e)
+        finally:
+            self.inference.stop()
+            bar.close()
+            sys.setswitchinterval(old_switch)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        return self._finish()
+
+    def _warm_up(self) -> None:
+        """Predictions on blank observations before the clock starts: first calls pay for lazy work (the
+        instruction's embedding, allocator and kernel caches, the window's first slide) that would
+        otherwise overrun the first ticks. The policy is reset after."""
+        if not hasattr(self.policy, "predict"):
+            return
+        start = time.perf_counter()
+        blank = {k: np.zeros(s.shape, s.dtype) for k, s in self.robot.observation_features.items()}
+        for _ in range(policy_history(self.policy) + 1):  # past a full window: the sliding path runs too
+            if hasattr(self.policy, "observe"):
+                self.policy.observe(blank, self.cfg.instruction)
+            chunk = predict_chunk(self.policy, blank, self.cfg.instruction)
+        if chunk.ndim != 2 or chunk.shape[1] != self.shield.action_dim:
+            raise UserError(f"the policy predicts chunks of shape {chunk.shape}; the robot takes "
+                            f"{self.shield.action_dim}-d actions")  # fmt: skip
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
+        self.report.warmup_s = round(time.perf_counter() - start, 3)
+
+    def _should_end(self, k: int) -> bool:
+        cfg, r = self.cfg, self.report
+        if cfg.duration is not None and k >= round(cfg.duration * cfg.hz):
+            r.stop_reason = "duration"
+        elif cfg.max_ticks is not None and r.ticks >= cfg.max_ticks:
+            r.stop_reason = "max_ticks"
+        elif self.done:
+            r.stop_reason = "episode_end"
+        return bool(r.stop_reason)
+
+    def _sleep_until(self, deadline: float) -> None:
+        wait = deadline - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _next_tick(self, k: int) -> int:
+        k += 1
+        late = time.monotonic() - (self.t0 + k * self.period)
+        if late > self.period:  # overran: skip the slots that passed rather than burst through them
+            skip = int(late // self.period)
+            if self.cfg.duration is not None:  # slots past the end were never going to run
+                skip = max(0, min(skip, round(self.cfg.duration * self.cfg.hz) - k))
+            self.report.missed_ticks += skip
+            k += skip
+        return k
+
+    def _tick(self) -> None:
+        """One tick; events carry its index among the ticks run (slots skipped after an overrun don't count)."""
+        k = self.report.ticks
+        self.starts.append(time.monotonic())
+        self.report.ticks += 1
+        if self.inference.error is not None:
+            raise SafeStop(f"policy failed: {self.inference.error!r}")
+        obs = self.robot.get_observation()
+        state = obs.data.get(keys.OBS_STATE)
+        if state is not None and np.all(np.isfinite(state)):
+            self.last_state = state
+        since_last = obs.time - self.last_obs_time
+        problems = check_observation(self.shield_cfg, obs.data, time.monotonic() - obs.time, since_last)
+        pick = None
+        if problems:
+            action, events = self.shield.hold(self.last_state, problems)
+        else:
+            self.last_obs_time = obs.time
+            self.inference.step(obs)
+            pick = self.schedule.pick(time.monotonic())
+            self.report.dropped_actions += pick.dropped
+            if pick.action is None:
+                self.report.waiting_ticks += 1
+                action, events = self.shield.hold(self.last_state)
+            else:
+                action, events = self.shield.filter(pick.action, self.last_state)
+        self._log(k, events)
+        self._watchdog(events)
+        if action is not None:
+            if pick is not None and pick.first_use_of is not None:  # measured as the command is issued
+                self.obs_to_action.append(time.monotonic() - pick.first_use_of)
+            sent = self.robot.send_action(action)
+            self.shield.sent(sent)
+            if self.recorder is not None and not problems:
+                self.recorder.add(obs.data, sent)
+        if obs.info.get(keys.SUCCESS):
+            self.report.success = True
+        elif self.report.success is None and keys.SUCCESS in obs.info:
+            self.report.success = False
+        self.done = bool(obs.info.get("done"))
+
+    # --- safety ------------------------------------------------------------------------------------
+    def _log(self, k: int, events: list[tuple[str, str]]) -> None:
+        kinds = {kind for kind, _ in events}
+        self.report.clamped += bool(kinds & set(CLAMP_KINDS))
+        self.report.holds += bool(kinds & set(HOLD_KINDS))
+        for kind, detail in events:
+            event = SafetyEvent(k, round(time.monotonic() - self.t0, 4), kind, detail)
+            self.report.events.append(event.to_json())
+            level = logging.INFO if kind in CLAMP_KINDS else logging.WARNING
+            log.log(level, "tick %d: %s: %s", k, kind, detail)
+
+    def _watchdog(self, events: list[tuple[str, str]]) -> None:
+        """Faults that keep the shield holding for `stop_after` s escalate to a safe stop."""
+        faults = [kind for kind, _ in events if kind in HOLD_KINDS]
+        if not faults:
+            self.fault_since = None
+            return
+        now = time.monotonic()
+        if self.fault_since is None:
+            self.fault_since = now
+        elif now - self.fault_since >= self.shield_cfg.stop_after:
+            raise SafeStop(f"watchdog: {faults[0]} for {now - self.fault_since:.2f} s")
+
+    def _safe_stop(self, error: BaseException) -> None:
+        """Hold for `stop_hold` s (unless the robot is gone), then disconnect; log why."""
+        if isinstance(error, SafeStop):
+            reason = str(error)
+        else:
+            reason = f"{type(error).__name__}: {error}".rstrip(": ")
+        self.report.safe_stops += 1
+        self.report.stop_reason = f"safe stop: {reason}"
+        signalled = isinstance(error, KeyboardInterrupt) or reason.startswith(("SIGINT", "SIGTERM"))
+        self.report.stopped_by = "signal" if signalled else "fault"
+        self._log(max(0, self.report.ticks - 1), [(SAFE_STOP, reason)])
+        try:
+            if not isinstance(error, RobotDisconnected):
+                self._hold_for(self.shield_cfg.stop_hold)
+        finally:
+            try:
+                self.robot.disconnect()
+            except Exception as e:  # already gone: nothing more to do, but say so
+                log.warning("disconnect after safe stop failed: %r", e)
+
+    def _hold_for(self, seconds: float) -> None:
+        self.shield.memory.last_velocity = None
+        end = time.monotonic() + seconds
+        while True:
+            try:
+                action, _ = self.shield.hold(self.last_state)
+                if action is not None:
+                    self.robot.send_action(action)
+            except Exception as e:
+                log.warning("hold during safe stop failed: %r", e)
+                return
+            if time.monotonic() + self.period > end:
+                return
+            time.sleep(self.period)
+
+    def _install_signals(self) -> dict:
+        """SIGINT/SIGTERM set a flag the next tick obeys; only the main thread may install handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            raise KeyboardInterrupt(f"second {name}")
+        self.signal_name = name
+
+    # --- the report --------------------------------------------------------------------------------
+    def _finish(self) -> ControlReport:
+        self.report.duration_s = round(float(time.monotonic() - self.t0), 3)
+        return summarize(self.report, self.starts, self.period, self.inference.latencies, self.obs_to_action)
