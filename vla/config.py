@@ -221,18 +221,24 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """A Config from a YAML file (or defaults) with `section.field=value` overrides applied."""
+    return load_dataclass(Config, path, overrides)
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] | None = None, what: str = "config"):
+    """Any config dataclass `cls` (this module's `Config`, the robot config...) from YAML and overrides,
+    with the same checks of names and types."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"no config file {path}")
+            raise UserError(f"no {what} file {path}")
         tree = yaml.safe_load(path.read_text()) or {}
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override {item!r} is not of the form section.field=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return _build(Config, tree, "")
+    return _build(cls, tree, "")
 
 
 def config_to_dict(cfg) -> dict:

@@ -15,10 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from vla.config import _build  # the same checked dataclass builder as the training configs
-from vla.errors import UserError
+from vla.config import load_dataclass  # the same checked loader as the training configs
 from vla.robot.shield import ShieldConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "robot"  # in a source checkout
@@ -72,24 +69,7 @@ class RobotConfig:
 
 def load_robot_config(path: str | Path | None, overrides: list[str] | None = None) -> RobotConfig:
     """A RobotConfig from YAML (None: defaults) with dotted `section.field=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"no robot config file {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not of the form section.field=value")
-        key, raw = item.split("=", 1)
-        node = tree
-        *parents, leaf = key.strip().split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-            if not isinstance(node, dict):
-                raise UserError(f"cannot set {key}: {name} is not a section")
-        node[leaf] = yaml.safe_load(raw)
-    return _build(RobotConfig, tree, "")
+    return load_dataclass(RobotConfig, path, overrides, what="robot config")
 
 
 def default_config_path(name: str) -> Path | None:
