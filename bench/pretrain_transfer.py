@@ -46,9 +46,10 @@ def _train(args, out: Path, name: str, stores: list[str], steps: int, init: str 
 
 
 def _evaluate(args, policy: str, name: str, baseline: str | None = None) -> dict:
+    out = Path(args.out) / f"eval-{name}-{args.episodes}ep-seed{args.seed}"
     report, _ = evaluate(EvalConfig(policy=policy, suite="metaworld", tasks=args.tasks, episodes=args.episodes,
                                     workers=args.workers, max_steps=args.max_steps, seed=args.seed, baseline=baseline,
-                                    out=str(Path(args.out) / f"eval-{name}")))  # fmt: skip
+                                    out=str(out)))  # fmt: skip
     print(f"\n## {name}\n\n{format_markdown(report)}")
     return report
 
