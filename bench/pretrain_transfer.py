@@ -33,9 +33,10 @@ def _collect(out: Path, name: str, **kw) -> str:
     return store
 
 
-def _train(args, out: Path, name: str, stores: list[str], steps: int, init: str | None = None) -> str:
+def _train(args, out: Path, name: str, stores: list[str], steps: int, init: str | None = None, seed: int = 0) -> str:
     run = out / name
-    cfg = load_config(args.config, [f"model.preset={args.preset}", f"train.steps={steps}", *args.set])
+    overrides = [f"model.preset={args.preset}", f"train.steps={steps}", f"train.seed={seed}", *args.set]
+    cfg = load_config(args.config, overrides)
     cfg.data.stores = [StoreConfig(s) for s in stores]
     cfg.train.out = str(run)
     resume = (run / checkpoint.CHECKPOINT).exists()  # an interrupted or finished run: continue (or keep) it
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("--train-seed", type=int, default=0, help="finetuning seed of both policies (runs *-seedN)")
     parser.add_argument("--out", default="runs/bench-transfer")
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (all three runs)")
     args = parser.parse_args()
@@ -98,13 +100,14 @@ def main() -> None:
     pretrained = _train(args, out, "pretrain", [video], args.pretrain_steps)
     times["pretrain_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    finetuned = _train(args, out, "finetune", [demos], args.steps, init=pretrained)
-    scratch = _train(args, out, "scratch", [demos], args.steps)
+    suffix = f"-seed{args.train_seed}" if args.train_seed else ""
+    finetuned = _train(args, out, "finetune" + suffix, [demos], args.steps, init=pretrained, seed=args.train_seed)
+    scratch = _train(args, out, "scratch" + suffix, [demos], args.steps, seed=args.train_seed)
     times["finetune_both_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    results = {"pretrained": _summary(_evaluate(args, finetuned, "pretrained", baseline="zero")),
-               "scratch": _summary(_evaluate(args, scratch, "scratch"))}  # fmt: skip
+    results = {"pretrained": _summary(_evaluate(args, finetuned, "pretrained" + suffix, baseline="zero")),
+               "scratch": _summary(_evaluate(args, scratch, "scratch" + suffix))}  # fmt: skip
     times["eval_s"] = time.perf_counter() - start
 
     print("\n| finetuned from | success (95% CI) | foresight PSNR | copy-last PSNR | foresight SSIM |")
@@ -115,7 +118,8 @@ def main() -> None:
               f"{r['copy_last_psnr']:.2f} dB | {r['foresight_ssim']:.3f} |")  # fmt: skip
     print(json.dumps({
         "video_tasks": args.video_tasks, "clips_per_task": args.clips, "tasks": args.tasks, "demos": args.demos,
-        "pretrain_steps": args.pretrain_steps, "finetune_steps": args.steps, "preset": args.preset,
+        "pretrain_steps": args.pretrain_steps, "finetune_steps": args.steps, "train_seed": args.train_seed,
+        "preset": args.preset,
         "episodes_per_task": args.episodes, **results, **{k: round(v, 1) for k, v in times.items()},
     }))  # fmt: skip
 
