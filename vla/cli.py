@@ -160,11 +160,8 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_collect(sub) -> None:
+    """`vla collect`."""
     p = sub.add_parser("collect", help="record scripted-expert episodes from a suite into a store")
     p.add_argument("--suite", default="metaworld", help="metaworld | tabletop")
     p.add_argument("--tasks", default="mt10", help="a group (mt10, mt50, all) or comma-separated task names")
@@ -186,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_collect)
 
+
+def _add_training(sub) -> None:
+    """`vla train` and `vla pretrain`: the same loop, the same flags."""
     for name, func, config, what in (
         ("train", _train, None, "train a policy on robot stores (and any others in the mixture)"),
         ("pretrain", _pretrain, "configs/pretrain.yaml", "pretrain on video (foresight) and image-text (captions)"),
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=func)
 
+
+def _add_caption(sub) -> None:
+    """`vla caption`."""
     p = sub.add_parser("caption", help="describe images with a policy pretrained on image-text data")
     p.add_argument("--policy", required=True, help="a run or checkpoint directory")
     p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
@@ -205,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode", type=int, action="append", default=[], help="episode index (repeatable; default 0)")
     p.set_defaults(func=_caption)
 
-    p = sub.add_parser("eval", help="roll a policy out in a suite and report success with 95% intervals")
+
+def _add_eval(sub) -> None:
+    """`vla eval`."""
+    p = sub.add_parser("eval", help="roll a policy out in a suite and report success with 95%% intervals")
     p.add_argument("--policy", required=True, help="zero | expert | a checkpoint directory")
     p.add_argument("--suite", default="metaworld", help="metaworld | tabletop")
     p.add_argument("--tasks", default=None, help="a group (mt10, mt50, all) or comma-separated task names")
@@ -223,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="also run this reference policy (zero) on the same seeds")
     p.set_defaults(func=_eval)
 
+
+def _add_foresight(sub) -> None:
+    """`vla foresight`."""
     p = sub.add_parser("foresight", help="video, PNG grid and metrics of what the policy foresees")
     p.add_argument("--policy", required=True, help="a run or checkpoint directory")
     p.add_argument("--suite", default=None, help="roll out in this suite (with --tasks)")
@@ -234,10 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for foresight.mp4/.gif, grid.png, metrics.json")
     p.set_defaults(func=_foresight)
 
-    from vla.robot import cli as robot_cli
 
-    robot_cli.add_parser(sub)
-
+def _add_data(sub) -> None:
+    """`vla data info|check|import-video|import-image-text`."""
     data = sub.add_parser("data", help="inspect, validate and import stores").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
     )
@@ -270,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", action="store_true", help="add to an existing image-text store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_data_import_image_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vla.robot import cli as robot_cli
+
+    parser = argparse.ArgumentParser(prog="vla", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_collect, _add_training, _add_caption, _add_eval, _add_foresight, robot_cli.add_parser, _add_data):
+        add(sub)
     return parser
 
 

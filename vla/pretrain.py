@@ -65,12 +65,8 @@ def captions(policy_dir: str, images: list[str] | None = None, store: str | None
         for i in episodes:
             if not 0 <= i < s.num_episodes:
                 raise UserError(f"episode {i} is out of range: {store} has {s.num_episodes} episodes")
-            frame = s.read(image_keys[0], *_first_step(s, i))[0]
+            start = int(s.episode_starts[i])
+            frame = s.read(image_keys[0], start, start + 1)[0]
             text = str(s.meta(keys.INSTRUCTION)[i])
             out.append({"source": f"{store}#{i}", "caption": policy.caption(_fit(frame, size)), "stored": text})
     return out
-
-
-def _first_step(store: TrajectoryStore, episode: int) -> tuple[int, int]:
-    start = int(store.episode_starts[episode])
-    return start, start + 1

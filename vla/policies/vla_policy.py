@@ -100,29 +100,33 @@ class VLAPolicy(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """A collated window batch (raw units) -> (weighted loss, metrics)."""
         batch = {k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()}
-        weights, losses, metrics = self.cfg.train, {}, {}
+        weights = self.cfg.train
         if keys.CAPTION in batch:
-            losses["text"] = self._text_loss(batch)
+            losses, metrics = {"text": self._text_loss(batch)}, {}
         else:
-            obs = self._observation_tokens(batch)
-            pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)
-            action = keys.ACTION in batch and self.model.action_head is not None
-            h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="last", action=action)[:, -1]
-            obs_readouts, act = self.model.split_readouts(h)
-            if action:
-                losses["action"], extra = self._action_loss(act, batch)
-                metrics.update(extra)
-            foresight = [k for k in self.image_keys if keys.future_key(k) in batch]
-            if foresight:
-                losses["foresight"] = sum(self._foresight_loss(k, obs_readouts, batch) for k in foresight) / len(
-                    foresight
-                )
+            losses, metrics = self._window_losses(batch)
         if not losses:
             raise UserError(f"a batch with keys {sorted(batch)} gives this policy nothing to learn")
         scale = {"action": weights.action_weight, "foresight": weights.foresight_weight, "text": weights.text_weight}
         loss = sum(scale[name] * value for name, value in losses.items())
         metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
         return loss, {k: float(v) for k, v in metrics.items()}
+
+    def _window_losses(self, batch: dict) -> tuple[dict, dict]:
+        """Robot or video windows: the action loss where the batch has actions, foresight where it has
+        future frames."""
+        losses, metrics = {}, {}
+        obs = self._observation_tokens(batch)
+        pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)
+        action = keys.ACTION in batch and self.model.action_head is not None
+        h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="last", action=action)[:, -1]
+        obs_readouts, act = self.model.split_readouts(h)
+        if action:
+            losses["action"], metrics = self._action_loss(act, batch)
+        foresight = [k for k in self.image_keys if keys.future_key(k) in batch]
+        if foresight:
+            losses["foresight"] = sum(self._foresight_loss(k, obs_readouts, batch) for k in foresight) / len(foresight)
+        return losses, metrics
 
     def _action_loss(self, act: torch.Tensor, batch: dict):
         raw = batch[keys.ACTION]
