@@ -93,10 +93,14 @@ class GR1(nn.Module):
         for cam in cameras:
             frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
             parts.append(rearrange(self.vision[cam](frames), "(b t) n d -> b t n d", b=B))
+        return torch.cat(parts, dim=2) + self._obs_slots(state is not None, cameras)
+
+    def _obs_slots(self, state: bool, cameras: list[str]) -> torch.Tensor:
+        if state and len(cameras) == len(self.cameras):  # robot data, the inference hot path: every slot
+            return self.obs_slots
         slices = self.layout.group_slices(self.layout.observation)
-        groups = self.layout.observation_groups(state is not None, cameras)
-        slots = torch.cat([self.obs_slots[slices[g.name]] for g in groups])
-        return torch.cat(parts, dim=2) + slots
+        groups = self.layout.observation_groups(state, cameras)
+        return torch.cat([self.obs_slots[slices[g.name]] for g in groups])
 
     def prefix_tokens(self, lang: torch.Tensor) -> torch.Tensor:
         """lang: (B, lang_dim) sentence embeddings -> (B, 1, d)."""
