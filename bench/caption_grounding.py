@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vla import keys
+from vla.checkpoint import load_policy
 from vla.datasets.store import TrajectoryStore
 from vla.policies.vla_policy import VLAPolicy
 
@@ -25,7 +26,7 @@ from vla.policies.vla_policy import VLAPolicy
 def caption_log_likelihoods(policy: VLAPolicy, images: torch.Tensor, text: str) -> torch.Tensor:
     """log p(text | image) for each image (N, 1, H, W, 3) uint8 -> (N,)."""
     tokens = policy.language.tokenizer([text] * len(images), return_tensors="pt", truncation=True,
-                                       max_length=policy.cfg.model.max_text_len + 1)  # fmt: skip
+                                       max_length=policy.config.max_text_len + 1)  # fmt: skip
     ids = tokens["input_ids"]
     lang, obs = policy._caption_inputs({policy.image_keys[0]: images})
     logits = policy.model.text.logits(policy.model.text_states(lang, obs, ids[:, :-1])).float()
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--policy", required=True)
     parser.add_argument("--store", required=True, help="an image-text store (one image per scene seed)")
     args = parser.parse_args()
-    policy = VLAPolicy.from_pretrained(args.policy)
+    policy = load_policy(args.policy)
     store = TrajectoryStore.open(args.store)
     key = policy.image_keys[0]
     frames = store.read(key, 0, store.num_steps)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from vla import keys
-from vla.config import load_config
+from vla.policies.config import PolicyConfig, with_preset
 from vla.policies.vla_policy import VLAPolicy
 
 CAMERA = keys.image_key("corner")
@@ -18,15 +18,15 @@ FEATURES = {
 
 
 def make_policy(
-    preset: str, history: int, chunk: int = 10, device: str = "cpu", language_model: str = "minilm", **train
+    preset: str, history: int, chunk: int = 10, device: str = "cpu", language_model: str = "minilm", **options
 ) -> VLAPolicy:
-    overrides = [f"model.preset={preset}", f"data.history={history}", f"data.chunk={chunk}"]
-    overrides.append(f"model.language_model={language_model}")
-    overrides += [f"train.{k}={v}" for k, v in train.items()]
-    cfg = load_config(overrides=overrides)
-    cfg.features = {k: s.to_json() for k, s in FEATURES.items()}
+    """A policy with seeded random weights (the same for the same arguments); `options`: VLAPolicy's
+    inference options (foresee, streaming)."""
+    features = {k: s.to_json() for k, s in FEATURES.items()}
+    config = PolicyConfig(**with_preset(dict(preset=preset, history=history, chunk=chunk, features=features,
+                                             language_model=language_model)))  # fmt: skip
     torch.manual_seed(0)
-    return VLAPolicy(cfg).to(device)
+    return VLAPolicy(config, **options).to(device)
 
 
 def random_observation(rng: np.random.Generator) -> dict[str, np.ndarray]:

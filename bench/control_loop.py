@@ -81,8 +81,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="small | gr1 (a policy slower than the tick)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    policy = make_policy(args.preset, args.history, chunk=10).eval()
-    policy.foresee = False
+    policy = make_policy(args.preset, args.history, chunk=10, foresee=False).eval()
     rows = [run(policy, args.robot, float(hz), mode, args.seconds) for hz in args.rates.split(",")
             for mode in ("sync", "async")]  # fmt: skip
     print(f"{args.preset} preset (random weights), history {args.history}, chunk 10, n_action_steps 5, "

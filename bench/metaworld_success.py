@@ -44,7 +44,7 @@ def main() -> None:
     times["collect_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    cfg = load_config(args.config, [f"model.preset={args.preset}", f"train.steps={args.steps}", *args.set])
+    cfg = load_config(args.config, [f"policy.preset={args.preset}", f"train.steps={args.steps}", *args.set])
     cfg.data.stores = [StoreConfig(store)]
     cfg.train.out = str(out / "policy")
     result = train(cfg)

@@ -35,7 +35,7 @@ def _collect(out: Path, name: str, **kw) -> str:
 
 def _train(args, out: Path, name: str, stores: list[str], steps: int, init: str | None = None, seed: int = 0) -> str:
     run = out / name
-    overrides = [f"model.preset={args.preset}", f"train.steps={steps}", f"train.seed={seed}", *args.set]
+    overrides = [f"policy.preset={args.preset}", f"train.steps={steps}", f"train.seed={seed}", *args.set]
     cfg = load_config(args.config, overrides)
     cfg.data.stores = [StoreConfig(s) for s in stores]
     cfg.train.out = str(run)

@@ -3,13 +3,15 @@
 import pytest
 
 from vla.cli import main
-from vla.config import MODEL_PRESETS, load_config, save_config
+from vla.config import load_config, save_config
 from vla.errors import UserError
+from vla.policies.config import PRESETS
 
 
 def test_presets_fill_the_model_and_overrides_win(tmp_path):
-    cfg = load_config("configs/quickstart.yaml", ["model.preset=gr1", "model.n_layer=3", "train.lr=1e-3"])
-    assert cfg.model.d_model == MODEL_PRESETS["gr1"]["d_model"] and cfg.model.n_layer == 3
+    cfg = load_config("configs/quickstart.yaml", ["policy.preset=gr1", "policy.n_layer=3", "train.lr=1e-3"])
+    assert cfg.policy.d_model == PRESETS["gr1"]["d_model"] and cfg.policy.n_layer == 3
+    assert cfg.policy.history == 2 and cfg.policy.n_action_steps == 4  # the quickstart's, beside the preset
     assert cfg.train.lr == 0.001 and cfg.data.stores[0].path == "runs/quickstart/demos.zarr"
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config reloads as it was
@@ -19,9 +21,13 @@ def test_presets_fill_the_model_and_overrides_win(tmp_path):
     "override, message",
     [
         ("train.lrr=1", "unknown config field train.lrr; valid: out, steps"),
-        ("model.preset=huge", "unknown model preset 'huge'; valid: tiny, small, gr1"),
+        ("policy.preset=huge", "unknown policy preset 'huge'; valid: tiny, small, gr1"),
         ("train.steps=many", "train.steps must be int, got 'many'"),
-        ("model.action_head=diffusion", "unknown action_head 'diffusion'; valid: mlp, flow"),
+        ("policy.action_head=diffusion", "unknown policy.action_head 'diffusion'; valid: mlp, flow"),
+        ("policy.history=0", "policy.history must be >= 1, got 0"),
+        ("model.preset=tiny", "config field model.preset is now policy.preset"),
+        ("data.history=2", "config field data.history is now policy.history"),
+        ("train.n_action_steps=2", "config field train.n_action_steps is now policy.n_action_steps"),
         ("train.steps.x=1", "cannot set train.steps.x: steps is not a section"),
     ],
 )

@@ -201,7 +201,7 @@ def test_a_directory_that_is_not_a_checkpoint_is_refused(tmp_path, capsys, make_
         (policy / name).write_text("")
     assert main(["eval", "--policy", str(policy), "--tasks", "reach-v3", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "is neither zero nor expert nor a checkpoint directory (no config.yaml + model.safetensors" in err
+    assert "is neither zero nor expert nor a checkpoint directory (no policy.yaml + model.safetensors" in err
     assert err.count("\n") == 1 and sorted(p.name for p in policy.iterdir()) == sorted(make_files)
 
 

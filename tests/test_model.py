@@ -7,7 +7,7 @@ from vla.config import load_config
 from vla.model.gr1 import GR1
 from vla.model.layout import TokenLayout
 
-CFG = load_config(overrides=["model.preset=tiny"]).model
+CFG = load_config(overrides=["policy.preset=tiny"]).policy
 
 
 def make_model(history=3, cameras=("front",)):

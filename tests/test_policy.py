@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import tiny_config
 from vla import keys
+from vla.checkpoint import load_policy, save_policy
 from vla.cli import main
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.stats import get_stats
@@ -20,9 +21,9 @@ from vla.train import train
 def make_policy(store_path, tmp_path):
     store = TrajectoryStore.open(store_path)
     cfg = tiny_config(store_path, tmp_path / "run")
-    cfg.features = {k: s.to_json() for k, s in store.specs.items()}
+    cfg.policy.features = {k: s.to_json() for k, s in store.specs.items()}
     torch.manual_seed(0)
-    return VLAPolicy(cfg, get_stats(store)), store
+    return VLAPolicy(cfg.policy, get_stats(store)), store
 
 
 def test_normalizer_round_trip(metaworld_store):
@@ -56,8 +57,8 @@ def test_tiny_model_overfits_one_batch(metaworld_store, tmp_path):
 def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
     policy, store = make_policy(metaworld_store, tmp_path)
     policy.eval()
-    policy.save_pretrained(tmp_path / "ckpt")
-    loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    save_policy(policy, tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
     episode = store.episode(0)
     for p in (policy, loaded):
         p.reset()
@@ -94,7 +95,7 @@ def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
 
 def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     run = tmp_path / "run"
-    overrides = ["model.preset=tiny", "data.history=2", "data.chunk=4", "train.batch_size=4", "train.steps=3",
+    overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "train.batch_size=4", "train.steps=3",
                  f"train.out={run}", f"data.stores=[{{path: {metaworld_store}}}]", "train.eval.suite=metaworld",
                  "train.eval.tasks=reach-v3", "train.eval.episodes=1", "train.eval.max_steps=5"]  # fmt: skip
     assert main(["train", "-q", *[a for o in overrides for a in ("--set", o)]]) == 0
@@ -116,11 +117,11 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
 def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
     store = TrajectoryStore.open(metaworld_store)
     cfg = tiny_config(metaworld_store, tmp_path / "run")
-    cfg.model.action_head = "flow"
-    cfg.model.flow_steps = 4
-    cfg.features = {k: s.to_json() for k, s in store.specs.items()}
+    cfg.policy.action_head = "flow"
+    cfg.policy.flow_steps = 4
+    cfg.policy.features = {k: s.to_json() for k, s in store.specs.items()}
     torch.manual_seed(0)
-    policy = VLAPolicy(cfg, get_stats(store))
+    policy = VLAPolicy(cfg.policy, get_stats(store))
     ds = WindowDataset(store, WindowSpec(3, 4, 2))
     batch = collate([ds[i] for i in range(0, 64, 8)])
     opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
@@ -165,7 +166,7 @@ def test_temporal_ensembling_averages_overlapping_chunks(metaworld_store, tmp_pa
 def test_init_from_reports_what_it_matched(metaworld_store, tmp_path):
     pretrained = train(tiny_config(metaworld_store, tmp_path / "pre", steps=1), progress=False)
     cfg = tiny_config(metaworld_store, tmp_path / "fine", steps=1)
-    cfg.data.chunk = 6  # a different action chunk: the action head's output layer cannot be reused
+    cfg.policy.chunk = 6  # a different action chunk: the action head's output layer cannot be reused
     result = train(cfg, init=str(pretrained.out), progress=False)
     report = result.init_report
     assert "model.action_head.net.2.weight" in report["skipped"] and "model.action_head.net.2.weight" in report["fresh"]

@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import tiny_config
 from vla import keys
+from vla.checkpoint import load_policy
 from vla.cli import main
 from vla.config import StoreConfig
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
@@ -56,9 +57,9 @@ def caption_store(metaworld_store, tmp_path_factory):
 def _policy(cfg, *paths):
     cfg.data.stores = [StoreConfig(str(p)) for p in paths]
     _, _, _, features, stats = build_data(cfg)
-    cfg.features = features
+    cfg.policy.features = features
     torch.manual_seed(0)
-    return VLAPolicy(cfg, stats)
+    return VLAPolicy(cfg.policy, stats)
 
 
 def _batch(path, n=4):
@@ -152,8 +153,8 @@ def test_mixture_batches_come_from_one_store_each_by_weight():
 def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, caption_store, tmp_path, capsys):
     config = tmp_path / "pretrain.yaml"
     config.write_text(
-        "model: {preset: tiny}\n"
-        "data: {history: 3, chunk: 4, foresight_offset: 2, stores: "
+        "policy: {preset: tiny, history: 3, chunk: 4, foresight_offset: 2}\n"
+        "data: {stores: "
         f"[{{path: '{video_store}', weight: 2}}, {{path: '{caption_store}', weight: 1}}]}}\n"
         f"train: {{out: '{tmp_path / 'pre'}', steps: 6, batch_size: 4, bf16: false, warmup_steps: 1, log_every: 1}}\n"
     )
@@ -176,7 +177,7 @@ def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, ca
     assert any(k.startswith("model.text.") for k in report["matched"])
     fine = _policy(tiny_config(metaworld_store, tmp_path / "x"), metaworld_store)
     assert init_from(fine, str(tmp_path / "pre")) == result.init_report
-    pre, own = VLAPolicy.from_pretrained(tmp_path / "pre").state_dict(), fine.state_dict()
+    pre, own = load_policy(tmp_path / "pre").state_dict(), fine.state_dict()
     assert all(torch.equal(own[k], pre[k]) for k in report["matched"])
 
 

@@ -8,6 +8,7 @@ import torch
 
 from tests.robot_fixtures import FEATURES, START, constant_policy, control, run_mock
 from vla import keys
+from vla.checkpoint import save_policy
 from vla.config import load_config
 from vla.datasets.inspect import check_store
 from vla.datasets.store import StoreError, TrajectoryStore
@@ -48,10 +49,10 @@ def test_a_recorded_run_reads_back_with_the_actions_sent(tmp_path):
 def tiny_checkpoint(tmp_path_factory):
     """An untrained `tiny` policy shaped like the mock robot (one 16x16 camera, 4-d state and action)."""
     out = tmp_path_factory.mktemp("ckpt")
-    cfg = load_config(overrides=["model.preset=tiny", "data.history=2", "data.chunk=4", "train.n_action_steps=2"])
-    cfg.features = {k: s.to_json() for k, s in mock_features(("front",), 16).items()}
+    cfg = load_config(overrides=["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "policy.n_action_steps=2"])
+    cfg.policy.features = {k: s.to_json() for k, s in mock_features(("front",), 16).items()}
     torch.manual_seed(0)
-    VLAPolicy(cfg).save_pretrained(out)
+    save_policy(VLAPolicy(cfg.policy), out)
     return out
 
 

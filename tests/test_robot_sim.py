@@ -9,6 +9,7 @@ import torch
 
 from tests.robot_fixtures import constant_policy, control, shield_config
 from vla import keys
+from vla.checkpoint import save_policy
 from vla.config import load_config
 from vla.datasets.inspect import check_store
 from vla.datasets.store import TrajectoryStore
@@ -72,12 +73,12 @@ def test_shield_workspace_stops_the_hand_at_the_wall(sim):
 def test_cli_sim_run_with_a_checkpoint(tmp_path, capsys):
     """`vla control --robot sim`: the sim is shaped from the policy (camera, image size), the instruction
     defaults to the task's, the run is recorded with the sim's success label."""
-    cfg = load_config(overrides=["model.preset=tiny", "data.history=2", "data.chunk=4", "train.n_action_steps=2"])
+    cfg = load_config(overrides=["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "policy.n_action_steps=2"])
     probe = SimRobot("metaworld", "reach-v3", hz=10, image_size=16, cameras=("corner",))
-    cfg.features = {k: s.to_json() for k, s in robot_features(probe).items()}
+    cfg.policy.features = {k: s.to_json() for k, s in robot_features(probe).items()}
     probe.disconnect()
     torch.manual_seed(0)
-    VLAPolicy(cfg).save_pretrained(tmp_path / "ckpt")
+    save_policy(VLAPolicy(cfg.policy), tmp_path / "ckpt")
     store, out = str(tmp_path / "s.zarr"), str(tmp_path / "r.json")
     rc = control(["--policy", str(tmp_path / "ckpt"), "--robot", "sim", "--task", "reach-v3", "--hz", "10",
                   "--duration", "1", "-q", "--record", store, "--report", out])  # fmt: skip

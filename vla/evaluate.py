@@ -42,7 +42,7 @@ from vla.viz import ForesightTracker
 log = logging.getLogger(__name__)
 
 BASELINES = ("zero", "expert")  # --policy values that need no checkpoint
-CHECKPOINT_FILES = ("config.yaml", "model.safetensors")
+CHECKPOINT_FILES = ("policy.yaml", "model.safetensors")
 NO_LIMIT = 100_000  # rollout backstop when the env's own truncation ends episodes
 CHAIN_TASK = "chain"  # the task name chains are reported (and seeded) under
 
@@ -242,8 +242,8 @@ def _run_job(job: Job) -> EpisodeResult:
 
 # --- main side ---------------------------------------------------------------------------------
 def load_checkpoint(path: str):
-    """`VLAPolicy.from_pretrained(path)` for a checkpoint directory or a run directory holding one."""
-    from vla.checkpoint import resolve
+    """`vla.checkpoint.load_policy(path)` for a checkpoint directory or a run directory holding one."""
+    from vla.checkpoint import load_policy, resolve
 
     try:
         resolve(path)
@@ -252,9 +252,7 @@ def load_checkpoint(path: str):
             f"--policy {path!r} is neither {' nor '.join(BASELINES)} nor a checkpoint directory "
             f"(no {' + '.join(CHECKPOINT_FILES)} in it or in its checkpoint/)"
         ) from None
-    from vla.policies.vla_policy import VLAPolicy
-
-    return VLAPolicy.from_pretrained(path)
+    return load_policy(path)
 
 
 def _env_shape(cfg: EvalConfig, suite, features: dict | None) -> tuple[int, tuple[str, ...]]:

@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def _policy(path: str):
-    from vla.policies.vla_policy import VLAPolicy
+    from vla.checkpoint import load_policy
 
-    policy = VLAPolicy.from_pretrained(path)
+    policy = load_policy(path)
     policy.temporal_ensemble = 0.0
     return policy
 
@@ -54,7 +54,7 @@ def rollout(policy, suite_name: str, task: str, seed: int, max_steps: int, split
                 state["after"] = 0
             if state["after"] is not None:
                 state["after"] += 1  # keep going long enough for the last foresight to come true
-            state["done"] = terminated or truncated or (state["after"] or 0) > policy.cfg.data.foresight_offset + 5
+            state["done"] = terminated or truncated or (state["after"] or 0) > policy.config.foresight_offset + 5
 
         run = run_foresight(policy, observations(), info[keys.INSTRUCTION], act)
         return run, env.unwrapped.fps

@@ -50,11 +50,11 @@ def _fit(frame: np.ndarray, size: int) -> np.ndarray:
 def captions(policy_dir: str, images: list[str] | None = None, store: str | None = None, episodes=(0,)) -> list[dict]:
     """Generated captions for image files, or for a store's episodes (their first frame), with the
     store's own text beside them."""
-    from vla.policies.vla_policy import VLAPolicy
+    from vla.checkpoint import load_policy
 
     if not images and not store:
         raise UserError("give --image FILE (one or more) or --store STORE --episode N")
-    policy = VLAPolicy.from_pretrained(policy_dir)
+    policy = load_policy(policy_dir)
     size = policy.features[policy.image_keys[0]].shape[0]
     out = []
     for path in images or []:

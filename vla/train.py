@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from vla import checkpoint, keys
-from vla.config import Config, load_config
+from vla.config import Config
 from vla.datasets.sampler import WindowSpec, collate, make_datasets
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
@@ -70,7 +69,7 @@ def build_data(cfg: Config):
     of the union of the stores (a key's statistics come from the first store that has it)."""
     if not cfg.data.stores:
         raise UserError("no training stores: set data.stores in the config (a list of {path, weight})")
-    window = WindowSpec(cfg.data.history, cfg.data.chunk, cfg.data.foresight_offset)
+    window = WindowSpec(cfg.policy.history, cfg.policy.chunk, cfg.policy.foresight_offset)
     stores = [TrajectoryStore.open(s.path) for s in cfg.data.stores]
     splits = [make_datasets(s, window, cfg.data.val_fraction, cfg.train.seed) for s in stores]
     train = ConcatDataset([t for t, _ in splits])
@@ -128,7 +127,7 @@ def init_from(policy: VLAPolicy, directory: str) -> dict[str, list[str]]:
     """Load the weights of a checkpoint whose names and shapes match; report what matched, what was
     skipped (absent here, another shape, or the normalizer: statistics come from this run's data) and
     what starts fresh."""
-    source = load_file(checkpoint.resolve(directory) / "model.safetensors")
+    source = checkpoint.load_weights(directory)
     own = policy.state_dict()
     matched = [k for k, v in source.items()
                if k in own and own[k].shape == v.shape and not k.startswith("normalizer.")]  # fmt: skip
@@ -186,7 +185,7 @@ def prepare(cfg: Config, resume: bool) -> Config:
     """The config a run trains with: on resume, the run's own resolved config."""
     out = Path(cfg.train.out)
     if resume:
-        saved = load_config(checkpoint.resolve(out) / "config.yaml")
+        saved = checkpoint.load_run_config(out)
         saved.train.steps = cfg.train.steps  # the one thing a resume may change: how far to go
         return saved
     if (out / checkpoint.CHECKPOINT).exists():
@@ -203,8 +202,8 @@ def train(
     device, out = _device(cfg), Path(cfg.train.out)
     torch.manual_seed(cfg.train.seed + rank)
     train_set, val_set, order, features, stats = build_data(cfg)
-    cfg.features = features
-    policy = VLAPolicy(cfg, stats).to(device).train()
+    cfg.policy.features = features
+    policy = VLAPolicy(cfg.policy, stats).to(device).train()
     result = TrainResult(out, cfg.train.steps)
     if init:
         result.init_report = init_from(policy, init)
@@ -271,7 +270,7 @@ def restore(out: Path, policy, opt, sched, ema: EMA | None) -> tuple[int, int, i
         group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
     if ema:
         device = next(policy.parameters()).device
-        ema.state = {k: v.float().to(device) for k, v in load_file(directory / "model.safetensors").items()}
+        ema.state = {k: v.float().to(device) for k, v in checkpoint.load_weights(directory).items()}
     checkpoint.set_rng_state(state["rng"])
     return int(state["step"]), int(state["epoch"]), int(state["batch"])
 
@@ -296,7 +295,7 @@ def validate(cfg: Config, weights: dict, stats, val_sets: list, device, max_batc
     """Mean loss of the (EMA) weights over up to `max_batches` validation batches per store, in a fixed
     order (each batch from one store, as in training)."""
     with torch.random.fork_rng():  # building a model draws random numbers: keep the training stream intact
-        policy = VLAPolicy(cfg, stats).to(device).eval()
+        policy = VLAPolicy(cfg.policy, stats).to(device).eval()
     policy.load_state_dict(weights)
     losses = []
     for val_set in val_sets:
@@ -321,13 +320,6 @@ def simulate(cfg: Config, out: Path, step: int) -> float:
 
 def save(cfg, policy, ema, opt, sched, step, position, out) -> Path:
     weights = ema.state if ema else {k: v.detach().float() for k, v in policy.state_dict().items()}
-
-    def save_policy(directory: Path) -> None:
-        from vla.config import save_config
-
-        save_config(cfg, directory / "config.yaml")
-        save_file({k: v.cpu().contiguous() for k, v in weights.items()}, directory / "model.safetensors")
-
     state = {
         "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
         "optimizer": opt.state_dict(),
@@ -336,7 +328,7 @@ def save(cfg, policy, ema, opt, sched, step, position, out) -> Path:
         "step": step,
         **position,
     }
-    return checkpoint.write(out, save_policy, state)
+    return checkpoint.write(out, cfg, policy, weights, state)
 
 
 class MetricLogger:

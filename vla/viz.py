@@ -126,7 +126,7 @@ def run_foresight(policy, observations, instruction: str, act=None) -> Foresight
     predicting at every step; `act(action)`, if given, is called with the first action of each chunk
     (a rollout re-planning every step, so every frame has its foresight)."""
     policy.reset()
-    run = ForesightRun(policy.cfg.data.foresight_offset, instruction)
+    run = ForesightRun(policy.config.foresight_offset, instruction)
     for obs in observations:
         prediction = policy.predict(obs, instruction)
         run.observed.append({k: np.array(v) for k, v in obs.items() if k in prediction.foresight})
@@ -199,7 +199,7 @@ def attention_maps(policy, observations: list[dict[str, np.ndarray]], instructio
     {camera: (T, grid, grid)}: the image share carried down to patches through the perceiver's own
     attention (latent -> patch)."""
     model, layout = policy.model, policy.model.layout
-    window = observations[-policy.cfg.data.history :]
+    window = observations[-policy.config.history :]
     batch = {
         k: torch.as_tensor(np.stack([o[k] for o in window]))[None].to(policy._device()) for k in policy._obs_keys()
     }

@@ -21,12 +21,12 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vla.config import ModelConfig
 from vla.model.encoders import StateEncoder, VisionEncoder
 from vla.model.gpt import KV, Trunk
 from vla.model.heads import ActionHead, FlowHead, ForesightDecoder
 from vla.model.layout import Kind, TokenLayout
 from vla.model.text import TextHead
+from vla.policies.config import PolicyConfig
 
 
 @dataclass
@@ -41,7 +41,7 @@ class StreamCache:
 class GR1(nn.Module):
     def __init__(
         self,
-        cfg: ModelConfig,
+        cfg: PolicyConfig,
         cameras: list[str],
         image_size: int,
         state_dim: int | None,
@@ -73,10 +73,12 @@ class GR1(nn.Module):
         if action_dim and cfg.action_head == "flow":
             self.action_head = FlowHead(d, chunk, action_dim, cfg.flow_steps)
         elif action_dim:
-            self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper)
+            self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper, cfg.gripper_weight)
         self.foresight = nn.ModuleDict(
             {
-                c: ForesightDecoder(d, cfg.decoder_dim, cfg.decoder_layers, image_size, cfg.patch_size)
+                c: ForesightDecoder(
+                    d, cfg.decoder_dim, cfg.decoder_layers, image_size, cfg.patch_size, cfg.foresight_stats_weight
+                )
                 for c in self.cameras
             }  # fmt: skip
         )

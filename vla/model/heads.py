@@ -19,23 +19,25 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class ActionHead(nn.Module):
     """[ACT] -> a chunk of actions: arm deltas regressed with smooth-L1, the gripper classified with BCE."""
 
-    def __init__(self, dim: int, chunk: int, action_dim: int, gripper: bool):
+    def __init__(self, dim: int, chunk: int, action_dim: int, gripper: bool, gripper_weight: float = 0.1):
         super().__init__()
-        self.chunk, self.action_dim, self.gripper = chunk, action_dim, gripper
+        self.chunk, self.action_dim, self.gripper, self.gripper_weight = chunk, action_dim, gripper, gripper_weight
         self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, chunk * action_dim))
 
     def forward(self, act: torch.Tensor) -> torch.Tensor:
         """act: (..., dim) -> (..., chunk, action_dim): normalised arm deltas and, last, the gripper logit."""
         return rearrange(self.net(act), "... (c a) -> ... c a", c=self.chunk)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, gripper_closed: torch.Tensor, keep: torch.Tensor):
-        """pred/target: (..., chunk, A) (target normalised), gripper_closed: (..., chunk) bool, keep: (..., chunk)."""
+    def loss(self, act: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, gripper_closed: torch.Tensor):
+        """act: (..., dim) [ACT] states; target: (..., chunk, A) normalised; keep: (..., chunk) bool;
+        gripper_closed: (..., chunk) bool. Returns (loss, metrics)."""
+        pred = self(act)
         if not self.gripper:
             return masked_mean(F.smooth_l1_loss(pred, target, reduction="none"), keep[..., None]), {}
         arm = masked_mean(F.smooth_l1_loss(pred[..., :-1], target[..., :-1], reduction="none"), keep[..., None])
         bce = F.binary_cross_entropy_with_logits(pred[..., -1], gripper_closed.to(pred.dtype), reduction="none")
         grip = masked_mean(bce, keep)
-        return arm + 0.1 * grip, {"loss_arm": arm.detach(), "loss_gripper": grip.detach()}
+        return arm + self.gripper_weight * grip, {"loss_arm": arm.detach(), "loss_gripper": grip.detach()}
 
     def sample(self, act: torch.Tensor) -> torch.Tensor:
         """(..., dim) -> (..., chunk, A): normalised arm deltas and the gripper's closing probability."""
@@ -65,8 +67,9 @@ class FlowHead(nn.Module):
         """x: (N, chunk*A), s: (N, 1) in [0, 1], act: (N, dim)."""
         return self.net(torch.cat([x, act + self.time(s)], dim=-1))
 
-    def loss(self, act: torch.Tensor, target: torch.Tensor, keep: torch.Tensor):
-        """act: (..., dim); target: (..., chunk, A) normalised; keep: (..., chunk)."""
+    def loss(self, act: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, gripper_closed: torch.Tensor):
+        """act: (..., dim); target: (..., chunk, A) normalised; keep: (..., chunk). The gripper is one more
+        dimension of the flow (`gripper_closed` is unused). Returns (loss, metrics)."""
         act, x0 = act.reshape(-1, act.shape[-1]), target.reshape(-1, self.chunk * self.action_dim)
         noise = torch.randn_like(x0)
         s = torch.rand(x0.shape[0], 1, device=x0.device, dtype=x0.dtype)
@@ -98,9 +101,10 @@ class ForesightDecoder(nn.Module):
     that a visible frame can be put back together.
     """
 
-    def __init__(self, dim: int, decoder_dim: int, layers: int, image_size: int, patch_size: int):
+    def __init__(self, dim: int, decoder_dim: int, layers: int, image_size: int, patch_size: int,
+                 stats_weight: float = 10.0):  # fmt: skip
         super().__init__()
-        self.p, self.grid = patch_size, image_size // patch_size
+        self.p, self.grid, self.stats_weight = patch_size, image_size // patch_size, stats_weight
         n_patches = self.grid**2
         self.inp = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(decoder_dim))
@@ -129,7 +133,7 @@ class ForesightDecoder(nn.Module):
         norm_pred, stats_pred = self._split(pred)
         pixel = ((norm_pred - (target - mean) / std) ** 2).mean(dim=(1, 2, 3))
         stats = ((stats_pred - torch.cat([mean, std], dim=2)) ** 2).mean(dim=(1, 2, 3))
-        return masked_mean(pixel + 10.0 * stats, keep)
+        return masked_mean(pixel + self.stats_weight * stats, keep)
 
     def _split(self, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = pred[..., :-6].float().unflatten(-1, (self.p * self.p, 3))

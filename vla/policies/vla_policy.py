@@ -1,6 +1,6 @@
 """The policy wrapper around the GR-1 network: normalisation, losses, and streaming inference.
 
-    policy = VLAPolicy.from_pretrained("runs/quickstart/checkpoint")
+    policy = checkpoint.load_policy("runs/quickstart/policy")   # or VLAPolicy(PolicyConfig(...), stats)
     policy.reset()
     action = policy.select_action(obs, "press the button")   # raw units in, raw units out
     prediction = policy.last_prediction                        # the chunk and the foreseen frames
@@ -18,26 +18,22 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vla import keys
-from vla.config import Config, load_config, save_config
 from vla.errors import UserError
 from vla.model.encoders import SentenceEncoder
 from vla.model.gr1 import GR1, StreamCache
 from vla.model.text import CAPTION_PROMPT
 from vla.policies.base import Prediction
+from vla.policies.config import PolicyConfig
 from vla.policies.normalizer import Normalizer
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
 _sentence_encoders: dict[str, SentenceEncoder] = {}  # one frozen encoder per process, shared by policies
 
 
@@ -48,33 +44,36 @@ def sentence_encoder(name: str) -> SentenceEncoder:
 
 
 class VLAPolicy(nn.Module):
-    def __init__(self, cfg: Config, stats: dict | None = None):
+    def __init__(self, config: PolicyConfig, stats: dict | None = None, *, foresee: bool = True,
+                 streaming: bool = True):  # fmt: skip
+        """stats: per-key statistics for the normalizer (None: identity until weights are loaded).
+        foresee: decode the foreseen frames with every prediction (False: actions only, faster).
+        streaming: cache past timesteps' keys/values (False: recompute the whole window every step)."""
         super().__init__()
-        if not cfg.features:
-            raise UserError("the config has no features: a policy needs the keys of the store it learns from")
-        self.cfg = cfg
+        if not config.features:
+            raise UserError("the policy config has no features: a policy needs the keys of the store it learns from")
+        self.config = cfg = config
         self.features = {k: keys.Spec.from_json(v) for k, v in cfg.features.items()}
         self.image_keys = [k for k in self.features if keys.is_image_key(k)]
         cameras = [keys.camera_of(k) for k in self.image_keys]
         image_size = self.features[self.image_keys[0]].shape[0]
         self.normalizer = Normalizer(self.features, stats)
-        self.language = sentence_encoder(cfg.model.language_model)
+        self.language = sentence_encoder(cfg.language_model)
         dims = {k: self.features[k].shape[0] if k in self.features else None for k in (keys.OBS_STATE, keys.ACTION)}
         self.model = GR1(
-            cfg.model,
+            cfg,
             cameras,
             image_size,
             state_dim=dims[keys.OBS_STATE],
             action_dim=dims[keys.ACTION],
-            history=cfg.data.history,
-            chunk=cfg.data.chunk,
+            history=cfg.history,
+            chunk=cfg.chunk,
             lang_dim=self.language.dim,
             vocab=self.language.model.get_input_embeddings().weight,
         )
-        self.n_action_steps = cfg.train.n_action_steps
-        self.temporal_ensemble = cfg.train.temporal_ensemble
-        self.streaming = True  # False: recompute the whole window every step (for comparison)
-        self.foresee = True  # decode the foreseen frames with every prediction (off: actions only, faster)
+        self.n_action_steps = cfg.n_action_steps
+        self.temporal_ensemble = cfg.temporal_ensemble
+        self.streaming, self.foresee = streaming, foresee
         self.reset()
 
     # --- inputs --------------------------------------------------------------------------------------
@@ -100,7 +99,7 @@ class VLAPolicy(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """A collated window batch (raw units) -> (weighted loss, metrics)."""
         batch = {k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()}
-        weights = self.cfg.train
+        weights = self.config
         if keys.CAPTION in batch:
             losses, metrics = {"text": self._text_loss(batch)}, {}
         else:
@@ -132,10 +131,7 @@ class VLAPolicy(nn.Module):
         raw = batch[keys.ACTION]
         target = self.normalizer.normalize(keys.ACTION, raw)
         keep = ~batch[keys.pad_key(keys.ACTION)]
-        head = self.model.action_head
-        if head.__class__.__name__ == "FlowHead":
-            return head.loss(act, target, keep)
-        return head.loss(head(act), target, raw[..., -1] > 0, keep)
+        return self.model.action_head.loss(act, target, keep, gripper_closed=raw[..., -1] > 0)
 
     def _foresight_loss(self, key: str, obs_readouts: dict, batch: dict) -> torch.Tensor:
         decoder = self.model.foresight[keys.camera_of(key)]
@@ -150,7 +146,7 @@ class VLAPolicy(nn.Module):
 
     def _text_loss(self, batch: dict) -> torch.Tensor:
         tokens = self.language.tokenizer(
-            batch[keys.CAPTION], padding=True, truncation=True, max_length=self.cfg.model.max_text_len + 1,
+            batch[keys.CAPTION], padding=True, truncation=True, max_length=self.config.max_text_len + 1,
             return_tensors="pt",
         )  # fmt: skip
         ids, keep = tokens["input_ids"].to(self._device()), tokens["attention_mask"].to(self._device()).bool()
@@ -165,7 +161,8 @@ class VLAPolicy(nn.Module):
         frame = torch.as_tensor(np.array(image))[None, None].to(self._device())
         lang, obs = self._caption_inputs({k: frame for k in self.image_keys})
         ids = torch.tensor([[tokenizer.cls_token_id]], device=self._device())
-        for _ in range(min(max_tokens or self.cfg.model.max_text_len, self.cfg.model.max_text_len) - 1):
+        limit = self.config.max_text_len
+        for _ in range(min(max_tokens or limit, limit) - 1):
             logits = self.model.text.logits(self.model.text_states(lang, obs, ids)[:, -1])
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
             if ids[0, -1] == tokenizer.sep_token_id:
@@ -175,7 +172,7 @@ class VLAPolicy(nn.Module):
     # --- inference -----------------------------------------------------------------------------------
     def reset(self) -> None:
         """Start an episode: forget the observation history, the cache and queued actions."""
-        self._history: deque = deque(maxlen=self.cfg.data.history)  # raw observations, newest last
+        self._history: deque = deque(maxlen=self.config.history)  # raw observations, newest last
         self._cache: StreamCache | None = None
         self._instruction: str | None = None
         self._queue: deque = deque()
@@ -227,12 +224,12 @@ class VLAPolicy(nn.Module):
         for key in self.image_keys if self.foresee else []:
             decoder = self.model.foresight[keys.camera_of(key)]
             foresight[key] = decoder.to_frames(decoder(obs_readouts[keys.camera_of(key)]))[0].cpu().numpy()
-        return Prediction(actions.float().cpu().numpy(), foresight, self.cfg.data.foresight_offset)
+        return Prediction(actions.float().cpu().numpy(), foresight, self.config.foresight_offset)
 
     def _actions(self, act: torch.Tensor) -> torch.Tensor:
         chunk = self.model.action_head.sample(act)[0]
         actions = self.normalizer.unnormalize(keys.ACTION, chunk)
-        if self.cfg.model.gripper and self.cfg.model.action_head == "mlp":
+        if self.model.action_head.gripper:
             # The head gives the probability of closing: answer with the store's closed or open command.
             closed = chunk[:, -1] > 0.5
             low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
@@ -265,23 +262,3 @@ class VLAPolicy(nn.Module):
         while self._queue and not self._queue[0]:
             self._queue.popleft()
         return (weights[:, None] * votes).sum(0).astype(np.float32) / weights.sum()
-
-    # --- checkpoints ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, directory / CONFIG)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
-        """Load from a checkpoint directory or a run directory (its latest checkpoint)."""
-        from vla.checkpoint import resolve
-
-        directory = resolve(directory)
-        policy = cls(load_config(directory / CONFIG))
-        weights = load_file(directory / WEIGHTS)
-        if not any(k.startswith("model.text.") for k in weights):  # saved before the text head existed
-            policy.model.text = None
-        policy.load_state_dict(weights)
-        return policy.to(device).eval()

@@ -57,17 +57,15 @@ def load_policy(spec: str):
     """A checkpoint policy (actions only, no foresight decoding) or None for `zero`."""
     if spec == "zero":
         return None
-    from vla.checkpoint import resolve
-    from vla.policies.vla_policy import VLAPolicy
+    from vla.checkpoint import load_policy, resolve
 
     try:
         resolve(spec)
     except UserError:
-        raise UserError(f"--policy {spec!r} is neither zero nor a checkpoint directory (no config.yaml + "
+        raise UserError(f"--policy {spec!r} is neither zero nor a checkpoint directory (no policy.yaml + "
                         "model.safetensors in it or in its checkpoint/)") from None  # fmt: skip
-    policy = VLAPolicy.from_pretrained(spec)
-    policy.foresee = False  # the loop needs actions; decoding foreseen frames would only add latency
-    return policy
+    # The loop needs actions; decoding foreseen frames would only add latency.
+    return load_policy(spec, foresee=False)
 
 
 class ZeroChunks:
@@ -86,6 +84,18 @@ def _policy_features(policy) -> dict[str, keys.Spec] | None:
     return None if policy is None else dict(policy.features)
 
 
+def _policy_eval(spec: str, policy):
+    """The periodic-evaluation settings of the run that trained the policy (suite, tasks), if any."""
+    from vla.checkpoint import load_run_config
+
+    if policy is None:
+        return None
+    try:
+        return load_run_config(spec).train.eval
+    except UserError:  # a policy directory without its run config
+        return None
+
+
 def robot_kind(spec: str) -> tuple[str, str]:
     if spec in ("sim", "mock"):
         return spec, ""
@@ -98,7 +108,7 @@ def _sim_target(args, cfg: RobotConfig, policy) -> tuple[str, str]:
     """Suite and task: the flags, else the robot config, else the policy's eval settings (first task)."""
     from vla import envs
 
-    evalc = policy.cfg.train.eval if policy is not None else None
+    evalc = _policy_eval(args.policy, policy)
     suite = args.suite or cfg.robot.sim.suite or (evalc.suite if evalc else "") or "metaworld"
     task = args.task or cfg.robot.sim.task or (evalc.tasks if evalc and evalc.suite == suite else "")
     s = envs.get_suite(suite)
@@ -140,7 +150,7 @@ def _config(args, policy) -> RobotConfig:
     if path is None:
         name = {"mock": "mock", "lerobot": rtype}.get(kind)
         if kind == "sim":
-            evalc = policy.cfg.train.eval if policy is not None else None
+            evalc = _policy_eval(args.policy, policy)
             name = f"sim-{args.suite or (evalc.suite if evalc else '') or 'metaworld'}"
         path = default_config_path(name)
         if path is None and kind == "lerobot":

