@@ -116,7 +116,9 @@ class DataConfig:
 
 
 @dataclass
-class EvalConfig:
+class TrainEvalConfig:
+    """`train.eval`: simulator evaluation during training (`vla eval`'s settings are `vla.eval_config.EvalConfig`)."""
+
     suite: str = ""  # empty: no periodic simulator evaluation
     tasks: str = ""
     episodes: int = 5
@@ -147,7 +149,7 @@ class TrainConfig:
     text_weight: float = 1.0
     n_action_steps: int = 5  # actions executed from each predicted chunk at inference
     temporal_ensemble: float = 0.0  # > 0: predict every step, average overlapping chunks with weights exp(-k*age)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
 
 
 @dataclass
