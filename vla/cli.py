@@ -11,31 +11,16 @@ import logging
 import os
 import sys
 
+from vla import keys
 from vla.errors import UserError
+from vla.options import ArgumentParser, add_flags, from_args
 
 
 def _collect(args: argparse.Namespace) -> int:
     from vla.collect import CollectConfig, collect, format_report
     from vla.collect_pretrain import format_image_text_report
 
-    cfg = CollectConfig(
-        suite=args.suite,
-        tasks=args.tasks,
-        episodes_per_task=args.episodes_per_task,
-        out=args.out,
-        image_size=args.image_size,
-        cameras=args.cameras,
-        split=args.split,
-        workers=args.workers,
-        seed=args.seed,
-        steps_after_success=args.steps_after_success,
-        max_steps=args.max_steps,
-        keep_failures=args.keep_failures,
-        append=args.append,
-        kind=args.kind,
-        frame_stride=args.frame_stride,
-        captions_per_image=args.captions_per_image,
-    )
+    cfg = from_args(CollectConfig, args)
     report = collect(cfg, progress=not args.quiet)
     print(format_image_text_report(report) if cfg.kind == "image-text" else format_report(report))
     short = [t.task for t in report.tasks if t.kept < cfg.episodes_per_task]
@@ -138,22 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
     from vla.eval_report import format_markdown
     from vla.evaluate import EvalConfig, evaluate
 
-    cfg = EvalConfig(
-        policy=args.policy,
-        suite=args.suite,
-        tasks=args.tasks,
-        episodes=args.episodes,
-        workers=args.workers,
-        split=args.split,
-        chain=args.chain,
-        charge_latency=args.charge_latency,
-        seed=args.seed,
-        videos=args.videos,
-        out=args.out,
-        max_steps=args.max_steps,
-        image_size=args.image_size,
-        baseline=args.baseline,
-    )
+    cfg = from_args(EvalConfig, args)
     report, out = evaluate(cfg, progress=not args.quiet)
     print(format_markdown(report), end="")
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}")
@@ -161,25 +131,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_collect(sub) -> None:
-    """`vla collect`."""
+    """`vla collect`: a flag per CollectConfig field."""
+    from vla.collect import CollectConfig
+
     p = sub.add_parser("collect", help="record scripted-expert episodes from a suite into a store")
-    p.add_argument("--suite", default="metaworld", help="metaworld | tabletop")
-    p.add_argument("--tasks", default="mt10", help="a group (mt10, mt50, all) or comma-separated task names")
-    p.add_argument("--episodes-per-task", type=int, default=20, help="successful episodes to keep per task")
-    p.add_argument("--out", required=True, help="the store to write (a .zarr path or fsspec URL)")
-    p.add_argument("--image-size", type=int, default=64, help="square image side in pixels")
-    p.add_argument("--cameras", default=None, help="comma-separated cameras (default: the suite's)")
-    p.add_argument("--split", default="train", help="scene split, where the suite has them")
-    p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
-    p.add_argument("--seed", type=int, default=0, help="base seed: the same seed gives the same store")
-    p.add_argument("--steps-after-success", type=int, default=10, help="steps kept after the first success")
-    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the suite's)")
-    p.add_argument("--keep-failures", action="store_true", help="also store episodes the expert failed")
-    p.add_argument("--append", action="store_true", help="add to an existing store made differently")
-    p.add_argument("--kind", default="robot", help="robot (images, state, actions) | video (action-free clips) | "
-                   "image-text (captioned tabletop scenes; --episodes-per-task counts scenes)")  # fmt: skip
-    p.add_argument("--frame-stride", type=int, default=1, help="video: keep every n-th frame")
-    p.add_argument("--captions-per-image", type=int, default=3, help="image-text: captions (episodes) per scene")
+    add_flags(p, CollectConfig)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_collect)
 
@@ -210,23 +166,12 @@ def _add_caption(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    """`vla eval`."""
+    """`vla eval`: a flag per EvalConfig field."""
+    from vla.eval_config import EvalConfig
+
     p = sub.add_parser("eval", help="roll a policy out in a suite and report success with 95%% intervals")
-    p.add_argument("--policy", required=True, help="zero | expert | a checkpoint directory")
-    p.add_argument("--suite", default="metaworld", help="metaworld | tabletop")
-    p.add_argument("--tasks", default=None, help="a group (mt10, mt50, all) or comma-separated task names")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task (chains with --chain)")
-    p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
-    p.add_argument("--split", default="train", help="scene split, e.g. unseen where the suite has it")
-    p.add_argument("--chain", action="store_true", help="chains of instructions in one scene (CALVIN-style)")
-    p.add_argument("--charge-latency", action="store_true", help="hold the last action while the policy computes")
-    p.add_argument("--seed", type=int, default=0, help="base seed: the same seed gives the same episodes")
-    p.add_argument("--videos", type=int, default=2, help="episodes per task recorded as MP4")
-    p.add_argument("--out", default=None, help="report directory (default: runs/eval/ or <checkpoint>/eval/)")
-    p.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: the suite's)")
-    p.add_argument("--image-size", type=int, default=None, help="zero/expert image side (default 64)")
+    add_flags(p, EvalConfig)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--baseline", default=None, help="also run this reference policy (zero) on the same seeds")
     p.set_defaults(func=_eval)
 
 
@@ -263,7 +208,7 @@ def _add_data(sub) -> None:
     p.add_argument("--captions", default=None, help='JSONL: {"file": "clip.mp4", "instruction": "...", "task": ...}')
     p.add_argument("--default-instruction", default=None, metavar="TEXT", help="for clips without a caption line")
     p.add_argument("--fps", type=float, default=10.0, help="store frame rate; clips are resampled by timestamp")
-    p.add_argument("--image-size", type=int, default=64, help="square side: center crop, then resize")
+    p.add_argument("--image-size", type=int, default=keys.IMAGE_SIZE, help="square side: center crop, then resize")
     p.add_argument("--camera", default="corner", help=camera_help)
     p.add_argument("--max-frames", type=int, default=None, help="keep at most this many frames per clip")
     p.add_argument("--append", action="store_true", help="add to an existing video store")
@@ -273,7 +218,7 @@ def _add_data(sub) -> None:
     p.add_argument("dir", help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="the image-text store to write")
     p.add_argument("--captions", required=True, help='JSONL {"file", "caption"} lines or COCO-style captions JSON')
-    p.add_argument("--image-size", type=int, default=64, help="square side: center crop, then resize")
+    p.add_argument("--image-size", type=int, default=keys.IMAGE_SIZE, help="square side: center crop, then resize")
     p.add_argument("--camera", default="corner", help=camera_help)
     p.add_argument("--append", action="store_true", help="add to an existing image-text store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -283,7 +228,7 @@ def _add_data(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vla.robot import cli as robot_cli
 
-    parser = argparse.ArgumentParser(prog="vla", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="vla", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_collect, _add_training, _add_caption, _add_eval, _add_foresight, robot_cli.add_parser, _add_data):

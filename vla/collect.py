@@ -24,46 +24,41 @@ from tqdm import tqdm
 from vla import envs, keys
 from vla.datasets.store import KINDS, StoreError, TrajectoryStore
 from vla.envs.rollout import Episode, run_episode
-from vla.errors import UserError, choice_error
+from vla.errors import UserError
+from vla.options import check_fields, option
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CollectConfig:
-    suite: str = "metaworld"
-    tasks: str = "mt10"  # a group name, "all", or comma-separated task names
-    episodes_per_task: int = 20  # successful episodes to keep per task (all episodes with keep_failures)
-    out: str = "data/demos.zarr"
-    image_size: int = 64
-    cameras: str | None = None  # comma-separated; None: the suite's defaults
-    split: str = "train"
-    workers: int = 1
-    seed: int = 0
-    steps_after_success: int = 10  # keep this many steps after the first success, then end the episode
-    max_steps: int | None = None  # None: the suite's own episode limit
-    keep_failures: bool = False
-    append: bool = False
-    max_attempts_per_task: int | None = None  # None: 4x episodes_per_task + 10
-    kind: str = "robot"  # robot | video | image-text (see the module docstring)
-    frame_stride: int = 1  # video: keep every n-th frame (the store's fps is the env's / n)
-    captions_per_image: int = 3  # image-text: captions (episodes) per rendered scene
+    """`vla collect`'s flags (see `vla.options`): one field each, with its default, bounds and help."""
+
+    out: str = option(help="the store to write (a .zarr path or fsspec URL)")
+    suite: str = option("metaworld", help="metaworld | tabletop")
+    tasks: str = option("mt10", help="a group (mt10, mt50, all) or comma-separated task names")
+    episodes_per_task: int = option(20, min=1, help="successful episodes to keep per task (all, with --keep-failures)")
+    image_size: int = option(keys.IMAGE_SIZE, min=keys.MIN_IMAGE_SIZE, max=keys.MAX_IMAGE_SIZE,
+                             help="square image side in pixels")  # fmt: skip
+    cameras: str | None = option(None, help="comma-separated cameras (default: the suite's)")
+    split: str = option("train", help="scene split, where the suite has them")
+    workers: int = option(1, min=1, help="parallel simulator processes")
+    seed: int = option(0, help="base seed: the same seed gives the same store")
+    steps_after_success: int = option(10, min=0, help="steps kept after the first success, then the episode ends")
+    max_steps: int | None = option(None, min=1, help="episode step limit (default: the suite's)")
+    keep_failures: bool = option(False, help="also store episodes the expert failed")
+    append: bool = option(False, help="add to an existing store made differently")
+    max_attempts_per_task: int | None = option(None, min=1, help="expert attempts per task (default: 4x "
+                                               "--episodes-per-task + 10)")  # fmt: skip
+    kind: str = option("robot", choices=KINDS, help="robot (images, state, actions) | video (action-free clips) | "
+                       "image-text (captioned tabletop scenes; --episodes-per-task counts scenes)")  # fmt: skip
+    frame_stride: int = option(1, min=1, help="video: keep every n-th frame (the store's fps is the env's / n)")
+    captions_per_image: int = option(3, min=1, help="image-text: captions (episodes) per scene")
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise choice_error("--kind", self.kind, KINDS)
-        if self.frame_stride < 1:
-            raise UserError(f"--frame-stride must be >= 1, got {self.frame_stride}")
+        check_fields(self)
         if self.frame_stride != 1 and self.kind != "video":
             raise UserError(f"--frame-stride applies to --kind video, not --kind {self.kind}")
-        if self.captions_per_image < 1:
-            raise UserError(f"--captions-per-image must be >= 1, got {self.captions_per_image}")
-        if self.episodes_per_task < 1:
-            raise UserError(f"--episodes-per-task must be >= 1, got {self.episodes_per_task}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {self.workers}")
-        if not 16 <= self.image_size <= 1024:
-            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
 
 
 @dataclass

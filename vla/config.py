@@ -40,7 +40,9 @@ class DataConfig:
 
 
 @dataclass
-class EvalConfig:
+class TrainEvalConfig:
+    """`train.eval`: simulator evaluation during training (`vla eval`'s settings are `vla.eval_config.EvalConfig`)."""
+
     suite: str = ""  # empty: no periodic simulator evaluation
     tasks: str = ""
     episodes: int = 5
@@ -66,7 +68,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 200
     save_every: int = 500
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
 
 
 @dataclass

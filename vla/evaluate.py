@@ -35,49 +35,16 @@ from tqdm import tqdm
 from vla import envs, keys
 from vla.collect import episode_seed
 from vla.errors import UserError
+from vla.eval_config import BASELINES, EvalConfig
 from vla.eval_report import build_report, video_frame, write_report, write_video
 from vla.policies.base import ExpertPolicy, ZeroPolicy
 from vla.viz import ForesightTracker
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("zero", "expert")  # --policy values that need no checkpoint
 CHECKPOINT_FILES = ("policy.yaml", "model.safetensors")
 NO_LIMIT = 100_000  # rollout backstop when the env's own truncation ends episodes
 CHAIN_TASK = "chain"  # the task name chains are reported (and seeded) under
-
-
-@dataclass
-class EvalConfig:
-    policy: str  # "zero", "expert" or a checkpoint directory
-    suite: str = "metaworld"
-    tasks: str | None = None  # a group, "all" or comma-separated task names; None only with chain
-    episodes: int = 10  # per task (or chains, with chain=True)
-    workers: int = 1
-    split: str = "train"
-    chain: bool = False
-    charge_latency: bool = False
-    seed: int = 0
-    videos: int = 2  # episodes per task recorded as MP4
-    out: str | None = None  # None: runs/eval/<suite>-<time>, or <checkpoint>/eval/<suite>-<time>
-    max_steps: int | None = None  # None: the suite's own episode limit
-    image_size: int | None = None  # zero/expert only; None: 64. A checkpoint brings its own.
-    steps_after_success: int = 2  # keep stepping this long after success, so the video shows it
-    baseline: str | None = None  # also run this weightless policy ("zero") on the same seeds, for comparison
-
-    def __post_init__(self):
-        if self.episodes < 1:
-            raise UserError(f"--episodes must be >= 1, got {self.episodes}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {self.workers}")
-        if self.videos < 0:
-            raise UserError(f"--videos must be >= 0, got {self.videos}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.baseline is not None and self.baseline not in BASELINES:
-            raise UserError(f"unknown --baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
-        if self.image_size is not None and not 16 <= self.image_size <= 1024:
-            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}")
 
 
 @dataclass
@@ -258,10 +225,10 @@ def load_checkpoint(path: str):
 def _env_shape(cfg: EvalConfig, suite, features: dict | None) -> tuple[int, tuple[str, ...]]:
     """Image size and cameras: the checkpoint's, or `--image-size` and the suite's defaults."""
     if features is None:
-        return cfg.image_size or 64, tuple(suite.default_cameras)
+        return cfg.image_size or keys.IMAGE_SIZE, tuple(suite.default_cameras)
     image_keys = [k for k in features if keys.is_image_key(k)]
     cameras = tuple(keys.camera_of(k) for k in image_keys)
-    size = features[image_keys[0]].shape[0] if image_keys else cfg.image_size or 64
+    size = features[image_keys[0]].shape[0] if image_keys else cfg.image_size or keys.IMAGE_SIZE
     if cfg.image_size is not None and cfg.image_size != size:
         raise UserError(f"--image-size {cfg.image_size} disagrees with the checkpoint's {size}; leave it out")
     for cam in cameras:

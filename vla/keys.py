@@ -34,6 +34,10 @@ PAD_SUFFIX = "_is_pad"
 FUTURE_PREFIX = "future."
 CAPTION = "caption"  # the text of an image-text episode, as the sampler emits it (stored as its instruction)
 
+# --- image size: the square side in pixels of every camera frame (envs, stores, robots) ----------
+IMAGE_SIZE = 64  # the default wherever frames are rendered, imported or resized
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # the sizes a user may ask for
+
 
 def image_key(camera: str) -> str:
     """`observation.images.<camera>`."""

@@ -30,6 +30,7 @@ from PIL import Image
 from vla import keys
 from vla.datasets.store import StoreError, TrajectoryStore
 from vla.errors import UserError
+from vla.options import check_value
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TEXT_FIELDS = ("instruction", "caption", "text")  # a captions line's text, under the first of these it has
 FILE_FIELDS = ("file", "image", "file_name")  # and the file it belongs to
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
 
 
 @dataclass
@@ -72,8 +72,7 @@ def _check_common(src: str | os.PathLike, image_size: int, camera: str) -> Path:
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src} is not a directory" if src.exists() else f"no directory {src}")
-    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise UserError(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got {image_size}")
+    check_value("--image-size", image_size, min=keys.MIN_IMAGE_SIZE, max=keys.MAX_IMAGE_SIZE)
     if not CAMERA_NAME.match(camera):
         raise UserError(f"--camera must be a name of letters, digits, '_' or '-', got {camera!r}")
     return src
@@ -282,7 +281,7 @@ def import_video(
     captions: str | os.PathLike | None = None,
     *,
     fps: float = 10.0,
-    image_size: int = 64,
+    image_size: int = keys.IMAGE_SIZE,
     camera: str = "corner",
     max_frames: int | None = None,
     default_instruction: str | None = None,
@@ -349,7 +348,7 @@ def import_image_text(
     out: str,
     captions: str | os.PathLike,
     *,
-    image_size: int = 64,
+    image_size: int = keys.IMAGE_SIZE,
     camera: str = "corner",
     append: bool = False,
     progress: bool = True,

@@ -56,7 +56,6 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper"
 DEFAULT_CAMERAS = ("corner",)
 # Mounted upside down in Meta-World's XML (image-up points at the floor): rotate these by 180 degrees.
 _ROTATED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
 DEFAULT_MAX_EPISODE_STEPS = 500  # Meta-World's own horizon (max_path_length)
 N_VARIANTS = 50  # object/goal placements Meta-World draws per task (metaworld._N_GOALS)
 _VARIANT_SEED = 0  # the benchmark seed that draws the variants: fixed, so variants are stable
@@ -92,8 +91,9 @@ def _check_cameras(cameras: tuple[str, ...]) -> None:
 
 
 def _check_image_size(image_size: int) -> None:
-    if not isinstance(image_size, int | np.integer) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise UserError(f"image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size!r}")
+    low, high = keys.MIN_IMAGE_SIZE, keys.MAX_IMAGE_SIZE
+    if not isinstance(image_size, int | np.integer) or not low <= image_size <= high:
+        raise UserError(f"image_size must be an integer in [{low}, {high}], got {image_size!r}")
 
 
 class MetaWorldEnv(gym.Env):
@@ -104,7 +104,7 @@ class MetaWorldEnv(gym.Env):
     def __init__(
         self,
         task: str,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
@@ -293,7 +293,7 @@ class MetaWorldSuite:
         self,
         task: str,
         *,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         split: str = "train",
         max_episode_steps: int | None = None,

@@ -30,6 +30,8 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 
+from vla import keys
+
 
 class Expert(Protocol):
     def reset(self, seed: int) -> None: ...
@@ -50,7 +52,7 @@ class Suite(Protocol):
         self,
         task: str,
         *,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         split: str = "train",
         max_episode_steps: int | None = None,

@@ -5,8 +5,10 @@
     vla control --policy runs/so100 --robot lerobot:so100_follower --config configs/robot/so100_follower.yaml \\
         --instruction "pick up the cube" --record data/deploy.zarr --success yes
 
-`add_parser(subparsers)` adds the subcommand; `run(args)` returns the exit code: 0 when the run ended
-by itself (duration, episode end), 1 after a safe stop for a fault, 130 after a signal.
+The flags are the fields of `ControlConfig` and of the loop's `LoopConfig` (see `vla.options`), plus
+`--set` for the robot config. `add_parser(subparsers)` adds the subcommand; `run(args)` returns the
+exit code: 0 when the run ended by itself (duration, episode end), 1 after a safe stop for a fault,
+130 after a signal.
 """
 
 from __future__ import annotations
@@ -14,39 +16,49 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from vla import keys
 from vla.errors import UserError, choice_error
+from vla.options import add_flags, check_fields, from_args, option
 from vla.policies.base import Prediction
 from vla.robot.config import RobotConfig, default_config_path, load_robot_config
-from vla.robot.loop import MODES, ControlLoop, LoopConfig
+from vla.robot.loop import ControlLoop, LoopConfig
 from vla.robot.report import format_report
 
 ROBOTS = ("sim", "mock", "lerobot:<type>")
 
 
+@dataclass
+class ControlConfig:
+    """`vla control`'s flags besides the loop's (`LoopConfig`), one field each (see `vla.options`)."""
+
+    policy: str = option(help="a run or checkpoint directory, or zero (the do-nothing policy)")
+    robot: str = option("sim", help="sim | mock | lerobot:<type> (e.g. lerobot:so100_follower)")
+    config: str | None = option(None, help="robot + shield YAML (default: configs/robot/<robot>.yaml)")
+    instruction: str | None = option(None, help="what to do (default for sim: the task's instruction)")
+    suite: str | None = option(None, help="sim: the suite (default: the policy's eval suite)")
+    task: str | None = option(None, help="sim: the task (default: the policy's first eval task)")
+    seed: int | None = option(None, help="sim: the episode seed (default: the robot config's)")
+    threads: int | None = option(None, min=1, help="torch threads (default: cores - 1, at most 4)")
+    record: str | None = option(None, metavar="STORE", help="append the run to this store as an episode")
+    success: str | None = option(None, choices=("yes", "no"), help="the recorded episode's label (default: the "
+                                 "sim's)")  # fmt: skip
+    report: str | None = option(None, metavar="FILE", help="write the report as JSON")
+
+    def __post_init__(self):
+        check_fields(self)
+        robot_kind(self.robot)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("control", help="run a policy on a robot (sim, mock, lerobot) at a fixed rate")
-    p.add_argument("--policy", required=True, help="a run or checkpoint directory, or zero (the do-nothing policy)")
-    p.add_argument("--robot", default="sim", help="sim | mock | lerobot:<type> (e.g. lerobot:so100_follower)")
-    p.add_argument("--config", default=None, help="robot + shield YAML (default: configs/robot/<robot>.yaml)")
+    add_flags(p, ControlConfig)
+    add_flags(p, LoopConfig, skip=("instruction",))  # --instruction is ControlConfig's: the robot may supply it
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. shield.stop_hold=1")
-    p.add_argument("--hz", type=float, default=10.0, help="control rate")
-    p.add_argument("--mode", default="async", help="async (inference in a worker thread) | sync (in the tick)")
-    p.add_argument("--instruction", default=None, help="what to do (default for sim: the task's instruction)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until the episode ends)")
-    p.add_argument("--suite", default=None, help="sim: the suite (default: the policy's eval suite)")
-    p.add_argument("--task", default=None, help="sim: the task (default: the policy's first eval task)")
-    p.add_argument("--seed", type=int, default=None, help="sim: the episode seed")
-    p.add_argument("--temporal-ensemble", type=float, default=None, help="k > 0: average overlapping chunks")
-    p.add_argument("--n-action-steps", type=int, default=None, help="actions played per chunk (default: the policy's)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores - 1, at most 4)")
-    p.add_argument("--record", default=None, metavar="STORE", help="append the run to this store as an episode")
-    p.add_argument("--success", default=None, help="yes | no: the recorded episode's label (default: the sim's)")
-    p.add_argument("--report", default=None, metavar="FILE", help="write the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -104,30 +116,30 @@ def robot_kind(spec: str) -> tuple[str, str]:
     raise choice_error("robot", spec, ROBOTS)
 
 
-def _sim_target(args, cfg: RobotConfig, policy) -> tuple[str, str]:
+def _sim_target(cmd: ControlConfig, cfg: RobotConfig, policy) -> tuple[str, str]:
     """Suite and task: the flags, else the robot config, else the policy's eval settings (first task)."""
     from vla import envs
 
-    evalc = _policy_eval(args.policy, policy)
-    suite = args.suite or cfg.robot.sim.suite or (evalc.suite if evalc else "") or "metaworld"
-    task = args.task or cfg.robot.sim.task or (evalc.tasks if evalc and evalc.suite == suite else "")
+    evalc = _policy_eval(cmd.policy, policy)
+    suite = cmd.suite or cfg.robot.sim.suite or (evalc.suite if evalc else "") or "metaworld"
+    task = cmd.task or cfg.robot.sim.task or (evalc.tasks if evalc and evalc.suite == suite else "")
     s = envs.get_suite(suite)
     if not task:  # a task the policy never saw would only rehearse failure: make the user choose
         raise UserError(f"--task is required: the policy names no {suite} eval task; e.g. {', '.join(s.tasks()[:4])}")
     return suite, envs.resolve_tasks(s, task)[0]
 
 
-def build_robot(args, cfg: RobotConfig, policy, hz: float):
-    kind, rtype = robot_kind(args.robot)
+def build_robot(cmd: ControlConfig, cfg: RobotConfig, policy, hz: float):
+    kind, rtype = robot_kind(cmd.robot)
     features = _policy_features(policy)
     if kind == "sim":
         from vla.robot.sim import SimRobot
 
-        suite, task = _sim_target(args, cfg, policy)
+        suite, task = _sim_target(cmd, cfg, policy)
         image_keys = [k for k in features or {} if keys.is_image_key(k)]
         cameras = tuple(keys.camera_of(k) for k in image_keys) or None
-        size = features[image_keys[0]].shape[0] if image_keys else 64
-        seed = args.seed if args.seed is not None else cfg.robot.sim.seed
+        size = features[image_keys[0]].shape[0] if image_keys else keys.IMAGE_SIZE
+        seed = cmd.seed if cmd.seed is not None else cfg.robot.sim.seed
         return SimRobot(suite, task, hz=hz, image_size=size, cameras=cameras, seed=seed,
                         max_steps=cfg.robot.sim.max_steps or None)  # fmt: skip
     if kind == "mock":
@@ -144,19 +156,19 @@ def build_robot(args, cfg: RobotConfig, policy, hz: float):
                               calibrate=lr.calibrate)  # fmt: skip
 
 
-def _config(args, policy) -> RobotConfig:
-    kind, rtype = robot_kind(args.robot)
-    path = args.config
+def _config(cmd: ControlConfig, overrides: list[str], policy) -> RobotConfig:
+    kind, rtype = robot_kind(cmd.robot)
+    path = cmd.config
     if path is None:
         name = {"mock": "mock", "lerobot": rtype}.get(kind)
         if kind == "sim":
-            evalc = _policy_eval(args.policy, policy)
-            name = f"sim-{args.suite or (evalc.suite if evalc else '') or 'metaworld'}"
+            evalc = _policy_eval(cmd.policy, policy)
+            name = f"sim-{cmd.suite or (evalc.suite if evalc else '') or 'metaworld'}"
         path = default_config_path(name)
         if path is None and kind == "lerobot":
-            raise UserError(f"--robot {args.robot} needs a robot config with its shield limits: --config FILE "
+            raise UserError(f"--robot {cmd.robot} needs a robot config with its shield limits: --config FILE "
                             "(see configs/robot/so100_follower.yaml)")  # fmt: skip
-    return load_robot_config(path, args.set)
+    return load_robot_config(path, overrides)
 
 
 def default_threads() -> int:
@@ -166,10 +178,10 @@ def default_threads() -> int:
     return min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
-def _threads(args) -> None:
+def _threads(threads: int | None) -> None:
     import torch
 
-    torch.set_num_threads(args.threads or default_threads())
+    torch.set_num_threads(threads or default_threads())
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -177,25 +189,25 @@ def run(args: argparse.Namespace) -> int:
     from vla.robot.protocol import check_policy_fits, robot_features
     from vla.robot.record import Recorder
 
-    _validate(args)
-    policy = load_policy(args.policy)
-    cfg = _config(args, policy)
-    robot = build_robot(args, cfg, policy, args.hz)
+    cmd = from_args(ControlConfig, args)  # the flags checked before anything is loaded or moved
+    loop_cfg = from_args(LoopConfig, args, instruction="")
+    policy = load_policy(cmd.policy)
+    cfg = _config(cmd, args.set, policy)
+    robot = build_robot(cmd, cfg, policy, loop_cfg.hz)
     recorder, instruction = None, ""
     try:
         if policy is None:
             policy = ZeroChunks(robot_features(robot))
         else:
             check_policy_fits(policy.features, robot)
-            _threads(args)
+            _threads(cmd.threads)
         # Opened before the robot moves: a store of another schema, or locked, fails the run up front.
-        recorder = Recorder(args.record, robot_features(robot), fps=args.hz) if args.record else None
+        recorder = Recorder(cmd.record, robot_features(robot), fps=loop_cfg.hz) if cmd.record else None
         robot.connect()
-        instruction = args.instruction or getattr(robot, "instruction", "")
+        instruction = cmd.instruction or getattr(robot, "instruction", "")
         if not instruction:
-            raise UserError(f"--instruction is required for robot {args.robot!r}")
-        loop_cfg = LoopConfig(instruction, hz=args.hz, mode=args.mode, duration=args.duration,
-                              temporal_ensemble=args.temporal_ensemble, n_action_steps=args.n_action_steps)  # fmt: skip
+            raise UserError(f"--instruction is required for robot {cmd.robot!r}")
+        loop_cfg = replace(loop_cfg, instruction=instruction)
         report = ControlLoop(robot, policy, cfg.shield, loop_cfg, recorder, progress=not args.quiet).run()
         info = getattr(robot, "info", None)  # the sim's sticky success also covers the last step
         if isinstance(info, dict) and info.get(keys.SUCCESS):
@@ -207,24 +219,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if robot.is_connected:
             robot.disconnect()
-    out = {"robot": robot.name, "policy": args.policy, "instruction": instruction, **report.to_json()}
+    out = {"robot": robot.name, "policy": cmd.policy, "instruction": instruction, **report.to_json()}
     if recorder is not None:
-        success = {"yes": True, "no": False}.get(args.success, bool(report.success))
+        success = {"yes": True, "no": False}.get(cmd.success, bool(report.success))
         episode = recorder.write(instruction=instruction, task=robot.name, success=success)
-        out["recorded"] = {"store": args.record, "episode": episode, "success": success}
+        out["recorded"] = {"store": cmd.record, "episode": episode, "success": success}
     print(format_report(report, robot.name, out.get("recorded")))
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.report}")
+    if cmd.report:
+        Path(cmd.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(cmd.report).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {cmd.report}")
     return {"completed": 0, "fault": 1, "signal": 130}[report.stopped_by]
-
-
-def _validate(args) -> None:
-    """Flags checked before anything is loaded or moved."""
-    if args.mode not in MODES:
-        raise choice_error("--mode", args.mode, MODES)
-    if args.success not in (None, "yes", "no"):
-        raise choice_error("--success", args.success, ("yes", "no"))
-    robot_kind(args.robot)
-    LoopConfig("", hz=args.hz, mode=args.mode, duration=args.duration)

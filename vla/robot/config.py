@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vla import keys
 from vla.config import load_dataclass  # the same checked loader as the training configs
+from vla.options import check_value
 from vla.robot.shield import ShieldConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "robot"  # in a source checkout
@@ -52,6 +54,10 @@ class LeRobotConfig:
     cameras: dict = field(default_factory=dict)  # LeRobot camera name -> vla camera name
     image_size: int = 0  # 0: keep the camera's frames; else centre-crop and resize to this square
     calibrate: bool = True  # let LeRobot calibrate on connect if the robot needs it
+
+    def __post_init__(self):
+        if self.image_size:
+            check_value("robot.lerobot.image_size", self.image_size, min=keys.MIN_IMAGE_SIZE, max=keys.MAX_IMAGE_SIZE)
 
 
 @dataclass

@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vla import keys
-from vla.errors import UserError, choice_error
+from vla.errors import UserError
+from vla.options import check_fields, option
 from vla.robot.inference import AsyncInference, ChunkSchedule, SyncInference, policy_history, predict_chunk
 from vla.robot.protocol import Robot, RobotDisconnected
 from vla.robot.report import ControlReport, summarize
@@ -41,23 +42,19 @@ MODES = ("sync", "async")
 
 @dataclass
 class LoopConfig:
+    """The loop's settings; `vla control` makes its flags from these fields (see `vla.options`)."""
+
     instruction: str
-    hz: float = 10.0
-    mode: str = "async"  # sync: infer inside the tick | async: a worker thread infers while the loop runs on
-    duration: float | None = None  # s; None: until the episode ends, max_ticks or a signal
-    max_ticks: int | None = None
-    temporal_ensemble: float | None = None  # k > 0: ACT's ensembling; None: the policy's own setting
-    n_action_steps: int | None = None  # actions played per chunk before the next; None: the policy's
+    hz: float = option(10.0, gt=0, max=1000, help="control rate")
+    mode: str = option("async", choices=MODES, help="async (inference in a worker thread) | sync (in the tick)")
+    duration: float | None = option(None, gt=0, help="seconds to run (default: until the episode ends)")
+    max_ticks: int | None = option(None, min=1, help="ticks to run at most (default: no limit)")
+    temporal_ensemble: float | None = option(None, min=0, help="k > 0: average overlapping chunks with ACT's "
+                                             "weights exp(-k*i) (default: the policy's)")  # fmt: skip
+    n_action_steps: int | None = option(None, min=1, help="actions played per chunk (default: the policy's)")
 
     def __post_init__(self):
-        if not (isinstance(self.hz, int | float) and 0 < self.hz <= 1000):
-            raise UserError(f"--hz must be in (0, 1000], got {self.hz!r}")
-        if self.mode not in MODES:
-            raise choice_error("control mode", self.mode, MODES)
-        if self.duration is not None and self.duration <= 0:
-            raise UserError(f"--duration must be > 0 seconds, got {self.duration}")
-        if self.n_action_steps is not None and self.n_action_steps < 1:
-            raise UserError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
+        check_fields(self)
 
 
 class SafeStop(Exception):

@@ -33,7 +33,7 @@ class SimRobot:
         task: str,
         *,
         hz: float,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         seed: int = 0,
         max_steps: int | None = None,

@@ -29,7 +29,6 @@ from vla.errors import UserError, choice_error
 DEFAULT_CAMERAS = ("static", "wrist")
 DEFAULT_MAX_EPISODE_STEPS = 200  # 10 s at 20 Hz; the experts need 40-120 steps
 MAX_STEP = 0.025  # m per control step and axis (0.5 m/s at 20 Hz)
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
 SETTLE_STEPS = 50  # physics steps (0.1 s) after placing objects, so contacts start at rest
 # Bounds of observation.state: the hand's joint ranges at the grip site, with a margin for contact.
 STATE_LOW = np.array([-0.4, -0.38, -0.05, 0.0], dtype=np.float32)
@@ -57,7 +56,7 @@ class TabletopEnv(gym.Env):
     def __init__(
         self,
         task: str,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         split: str = "train",
         max_episode_steps: int | None = None,
@@ -73,9 +72,9 @@ class TabletopEnv(gym.Env):
                 raise choice_error("tabletop camera", cam, CAMERAS)
         if split not in splits.SPLITS:
             raise choice_error("tabletop split", split, splits.SPLITS)
-        if not isinstance(image_size, int | np.integer) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        if not isinstance(image_size, int | np.integer) or not keys.MIN_IMAGE_SIZE <= image_size <= keys.MAX_IMAGE_SIZE:
             raise UserError(
-                f"image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size!r}"
+                f"image_size must be an integer in [{keys.MIN_IMAGE_SIZE}, {keys.MAX_IMAGE_SIZE}], got {image_size!r}"
             )
         if render_mode not in (None, "rgb_array"):
             raise choice_error("render mode", render_mode, self.metadata["render_modes"])

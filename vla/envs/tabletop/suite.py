@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from vla import keys
 from vla.envs.tabletop import chains, splits
 from vla.envs.tabletop.env import DEFAULT_CAMERAS, TabletopEnv
 from vla.envs.tabletop.experts import TabletopExpert
@@ -36,7 +37,7 @@ class TabletopSuite:
         self,
         task: str,
         *,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         split: str = "train",
         max_episode_steps: int | None = None,
@@ -50,7 +51,7 @@ class TabletopSuite:
     def make_chain_env(
         self,
         *,
-        image_size: int = 64,
+        image_size: int = keys.IMAGE_SIZE,
         cameras: tuple[str, ...] | None = None,
         split: str = "train",
         chain_length: int = chains.CHAIN_LENGTH,

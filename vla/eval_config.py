@@ -1,0 +1,40 @@
+"""`vla eval`'s settings: the flags are generated from `EvalConfig`'s fields (see `vla.options`).
+
+Apart from `vla.evaluate` so that building the `vla` command's parser does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vla import keys
+from vla.options import check_fields, option
+
+BASELINES = ("zero", "expert")  # --policy values that need no checkpoint
+
+
+@dataclass
+class EvalConfig:
+    policy: str = option(help="zero | expert | a checkpoint directory")
+    suite: str = option("metaworld", help="metaworld | tabletop")
+    tasks: str | None = option(None, help="a group (mt10, mt50, all) or comma-separated task names; none only "
+                               "with --chain")  # fmt: skip
+    episodes: int = option(10, min=1, help="episodes per task (chains, with --chain)")
+    workers: int = option(1, min=1, help="parallel simulator processes")
+    split: str = option("train", help="scene split, e.g. unseen where the suite has it")
+    chain: bool = option(False, help="chains of instructions in one scene (CALVIN-style)")
+    charge_latency: bool = option(False, help="hold the last action while the policy computes")
+    seed: int = option(0, help="base seed: the same seed gives the same episodes")
+    videos: int = option(2, min=0, help="episodes per task recorded as MP4")
+    out: str | None = option(None, help="report directory (default: runs/eval/<suite>-<time>, or "
+                             "<checkpoint>/eval/<suite>-<time>)")  # fmt: skip
+    max_steps: int | None = option(None, min=1, help="episode step limit (default: the suite's)")
+    image_size: int | None = option(None, min=keys.MIN_IMAGE_SIZE, max=keys.MAX_IMAGE_SIZE,
+                                    help=f"zero/expert image side (default: {keys.IMAGE_SIZE}; a checkpoint "
+                                    "brings its own)")  # fmt: skip
+    steps_after_success: int = option(2, min=0, help="steps after the first success, so the video shows it")
+    baseline: str | None = option(None, choices=BASELINES, help="also run this weightless policy on the same "
+                                  "seeds, for comparison")  # fmt: skip
+
+    def __post_init__(self):
+        check_fields(self)
