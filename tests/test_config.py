@@ -1,5 +1,7 @@
 """Configs: YAML presets, dotted overrides, and one-line errors naming the valid choices."""
 
+import re
+
 import pytest
 
 from vla.cli import main
@@ -21,10 +23,15 @@ def test_presets_fill_the_model_and_overrides_win(tmp_path):
     "override, message",
     [
         ("train.lrr=1", "unknown config field train.lrr; valid: out, steps"),
-        ("policy.preset=huge", "unknown policy preset 'huge'; valid: tiny, small, gr1"),
+        ("policy.preset=huge", "unknown policy.preset 'huge'; valid: tiny, small, gr1"),
         ("train.steps=many", "train.steps must be int, got 'many'"),
         ("policy.action_head=diffusion", "unknown policy.action_head 'diffusion'; valid: mlp, flow"),
         ("policy.history=0", "policy.history must be >= 1, got 0"),
+        ("train.steps=-5", "train.steps must be >= 1, got -5"),
+        ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+        ("train.lr=-1", "train.lr must be > 0.0, got -1.0"),
+        ("data.val_fraction=1", "data.val_fraction must be in [0.0, 0.9], got 1.0"),
+        ("train.eval.episodes=0", "train.eval.episodes must be >= 1, got 0"),
         ("model.preset=tiny", "config field model.preset is now policy.preset"),
         ("data.history=2", "config field data.history is now policy.history"),
         ("train.n_action_steps=2", "config field train.n_action_steps is now policy.n_action_steps"),
@@ -32,7 +39,7 @@ def test_presets_fill_the_model_and_overrides_win(tmp_path):
     ],
 )
 def test_bad_config_values_are_named(override, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=re.escape(message)):
         load_config("configs/quickstart.yaml", [override])
 
 

