@@ -16,7 +16,7 @@ from vla.errors import UserError
 
 def _collect(args: argparse.Namespace) -> int:
     from vla.collect import CollectConfig, collect, format_report
-    from vla.collect_pretrain import format_image_text_report
+    from vla.collect_pretrain import collect_image_text, format_image_text_report
 
     cfg = CollectConfig(
         suite=args.suite,
@@ -36,7 +36,7 @@ def _collect(args: argparse.Namespace) -> int:
         frame_stride=args.frame_stride,
         captions_per_image=args.captions_per_image,
     )
-    report = collect(cfg, progress=not args.quiet)
+    report = (collect_image_text if cfg.kind == "image-text" else collect)(cfg, progress=not args.quiet)
     print(format_image_text_report(report) if cfg.kind == "image-text" else format_report(report))
     short = [t.task for t in report.tasks if t.kept < cfg.episodes_per_task]
     if short:
