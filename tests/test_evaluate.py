@@ -85,7 +85,7 @@ def test_workers_give_the_same_episodes(expert_run):
 
 
 def test_eval_seeds_differ_from_collect_seeds():
-    from vla.collect import episode_seed
+    from vla.envs import episode_seed
 
     plan = prepare(EvalConfig("zero", tasks="reach-v3", out="unused"))
     assert plan.setup.split == "train" and plan.tasks == ["reach-v3"] and plan.policy is None

@@ -18,10 +18,10 @@ from vla.options import ArgumentParser, add_flags, from_args
 
 def _collect(args: argparse.Namespace) -> int:
     from vla.collect import CollectConfig, collect, format_report
-    from vla.collect_pretrain import format_image_text_report
+    from vla.collect_pretrain import collect_image_text, format_image_text_report
 
     cfg = from_args(CollectConfig, args)
-    report = collect(cfg, progress=not args.quiet)
+    report = (collect_image_text if cfg.kind == "image-text" else collect)(cfg, progress=not args.quiet)
     print(format_image_text_report(report) if cfg.kind == "image-text" else format_report(report))
     short = [t.task for t in report.tasks if t.kept < cfg.episodes_per_task]
     if short:

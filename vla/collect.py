@@ -2,9 +2,10 @@
 
 `kind` picks what is stored: "robot" (images, state and actions), "video" (the same expert episodes
 as action-free clips: images only, every `frame_stride`-th frame, with their instructions) or
-"image-text" (captioned scene images, see `vla.collect_pretrain`).
+"image-text" (captioned scene images: `vla.collect_pretrain.collect_image_text`, which shares
+`open_store` from here).
 
-Every episode's seed is a pure function of (seed, suite, split, task, attempt), and attempts are
+Every episode's seed is `vla.envs.episode_seed(seed, suite, split, task, attempt)`, and attempts are
 written in order, so the same command gives the same store, whatever `--workers`. A re-run resumes:
 attempts whose seeds are already stored are skipped and collection continues after the last stored
 attempt, so an interrupted and resumed run leaves the store an uninterrupted one would. Raising
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vla import envs, keys
 from vla.datasets.store import KINDS, StoreError, TrajectoryStore
-from vla.envs.rollout import Episode, run_episode
+from vla.envs.rollout import Episode, record_episode
 from vla.errors import UserError
 from vla.options import check_fields, option
 
@@ -85,12 +85,6 @@ class CollectReport:
         return sum(t.kept - t.resumed for t in self.tasks)
 
 
-def episode_seed(seed: int, suite: str, split: str, task: str, attempt: int) -> int:
-    """A 31-bit seed, the same on every machine for the same arguments."""
-    key = zlib.crc32(f"{suite}/{split}/{task}".encode())
-    return int(np.random.SeedSequence([seed, key, attempt]).generate_state(1)[0] >> 1)
-
-
 # --- worker side: envs are built once per (task) in each worker process ------------------------
 _worker_envs: dict = {}
 
@@ -104,7 +98,7 @@ def _episode_job(job: tuple) -> Episode:
     env, expert = _worker_envs[task]
     expert.reset(seed)
     # The env truncates at its own episode limit (or max_steps); the rollout bound is only a backstop.
-    return run_episode(env, expert.act, seed, max_steps or 100_000, steps_after_success)
+    return record_episode(env, lambda obs, _: expert.act(obs), seed, max_steps or 100_000, steps_after_success)
 
 
 def _close_worker_envs() -> None:
@@ -129,8 +123,9 @@ def store_layout(cfg: CollectConfig, env_specs: dict[str, keys.Spec], env_fps: f
     return images, (env_fps / cfg.frame_stride if cfg.kind == "video" else 0.0), recipe
 
 
-def _open_or_create(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[str, ...]) -> TrajectoryStore:
-    """Validate everything, then create or open the store: bad input never leaves a half-made store."""
+def open_store(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[str, ...]) -> TrajectoryStore:
+    """The store `cfg` collects into, opened to resume or append, or created: everything is validated
+    first, so bad input never leaves a half-made store. Every kind opens its store here."""
     probe = suite.make_env(tasks[0], image_size=cfg.image_size, cameras=cameras, split=cfg.split)
     try:
         specs, fps, recipe = store_layout(cfg, probe.unwrapped.feature_specs(), probe.unwrapped.fps)
@@ -171,18 +166,17 @@ def _schema_difference(stored: dict, wanted: dict) -> str:
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
-    """Collect `episodes_per_task` expert episodes per task into `cfg.out` (resuming what is there)."""
+    """Collect `episodes_per_task` expert episodes per task into `cfg.out` (resuming what is there), for the
+    robot and video kinds (image-text: `vla.collect_pretrain.collect_image_text`)."""
     import time
 
     if cfg.kind == "image-text":
-        from vla.collect_pretrain import collect_image_text
-
-        return collect_image_text(cfg, progress)
+        raise ValueError("kind 'image-text' is collected by vla.collect_pretrain.collect_image_text, not here")
     suite = envs.get_suite(cfg.suite)
     tasks = envs.resolve_tasks(suite, cfg.tasks)
     cameras = envs.resolve_cameras(suite, cfg.cameras)
     split = envs.resolve_split(suite, cfg.split)
-    store = _open_or_create(cfg, suite, tasks, cameras)
+    store = open_store(cfg, suite, tasks, cameras)
     report = CollectReport(cfg.out)
     start = time.perf_counter()
     pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
@@ -202,7 +196,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
 
 
 def _collect_task(cfg, store, task, split, cameras, run, bar) -> TaskReport:
-    seeds = lambda a: episode_seed(cfg.seed, cfg.suite, split, task, a)  # noqa: E731
+    seeds = lambda a: envs.episode_seed(cfg.seed, cfg.suite, split, task, a)  # noqa: E731
     max_attempts = cfg.max_attempts_per_task or 4 * cfg.episodes_per_task + 10
     stored = set(store.meta(keys.SEED)[store.meta(keys.TASK) == task].tolist())
     done_attempts = [a for a in range(max_attempts) if seeds(a) in stored]

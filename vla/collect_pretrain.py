@@ -1,7 +1,7 @@
 """`vla collect --kind image-text`: captioned scene images for pretraining, from the tabletop suite.
 
 Per task, `episodes_per_task` scenes are drawn as that task's episodes would be (its objects, the
-distractors, colours and start state; seeds from `vla.collect.episode_seed`, so the same command gives
+distractors, colours and start state; seeds from `vla.envs.episode_seed`, so the same command gives
 the same store). Each scene is rendered once from the chosen cameras (default `static`) and captioned
 `captions_per_image` times from privileged state as the first camera sees it (`vla.envs.tabletop.captions`):
 one one-frame episode per caption, the caption in `instruction`, task "tabletop-scene", source
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from vla import envs, keys
-from vla.collect import CollectConfig, _open_or_create, episode_seed
+from vla.collect import CollectConfig, open_store
 from vla.errors import UserError, choice_error
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def collect_image_text(cfg: CollectConfig, progress: bool = True) -> ImageTextRe
     tasks = envs.resolve_tasks(suite, cfg.tasks)
     cameras = envs.resolve_cameras(suite, cfg.cameras or DEFAULT_CAMERAS)
     split = envs.resolve_split(suite, cfg.split)
-    store = _open_or_create(cfg, suite, tasks, cameras)
+    store = open_store(cfg, suite, tasks, cameras)
     report = ImageTextReport(cfg.out)
     start = time.perf_counter()
     bar = tqdm(total=cfg.episodes_per_task * len(tasks), unit="scene", disable=not progress, desc="collect")
@@ -86,7 +86,7 @@ def _collect_scenes(cfg, store, env, task, split, camera, stored: Counter, bar) 
 
     report = SceneReport(task)
     for scene in range(cfg.episodes_per_task):
-        seed = episode_seed(cfg.seed, cfg.suite, split, task, scene)
+        seed = envs.episode_seed(cfg.seed, cfg.suite, split, task, scene)
         have = stored[seed]
         if have >= cfg.captions_per_image:
             report.kept += 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vla import keys
+from vla.policies.base import Prediction
 from vla.viz import mean_scores
 
 log = logging.getLogger(__name__)
@@ -208,10 +209,10 @@ BORDER = 4
 _GREY, _GREEN, _RED = (96, 96, 96), (40, 200, 60), (220, 40, 40)
 
 
-def video_frame(obs: dict[str, np.ndarray], policy, success: bool) -> tuple[list, bool]:
-    """One step of a video: per camera the real frame and the foresight for it (None if none)."""
-    pred = getattr(policy, "last_prediction", None)
-    foresight = pred.foresight if pred is not None else {}
+def video_frame(obs: dict[str, np.ndarray], prediction: Prediction | None, success: bool) -> tuple[list, bool]:
+    """One step of a video: per camera the real frame and the foresight for it (None if none), from the
+    prediction behind the latest action."""
+    foresight = prediction.foresight if prediction is not None else {}
     panels = []
     for key in (k for k in obs if keys.is_image_key(k)):  # the env's camera order
         future = foresight.get(key)

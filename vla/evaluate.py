@@ -1,6 +1,6 @@
 """`vla eval`: roll a policy out in a suite's envs and report success with confidence intervals.
 
-Every episode's seed is `vla.collect.episode_seed(seed, suite, "eval/" + split, task, i)`: a pure
+Every episode's seed is `vla.envs.episode_seed(seed, suite, "eval/" + split, task, i)`: a pure
 function of the arguments, disjoint from the seeds `vla collect` draws for training data (those use the
 plain split name), and recorded in the report, so the same command repeats the same scenes.
 
@@ -11,20 +11,22 @@ of workers (unless latency is charged: then wall time, and so the outcome, depen
 Latency charging (`charge_latency`): the wall time L of each `select_action` call becomes
 ceil(L * fps) env steps during which the previous action keeps being applied before the new one takes
 effect, as on a robot that keeps moving while the policy thinks. The rounding is up, so any non-zero
-latency costs at least one step; before the first action of an episode the held action is zero.
+latency costs at least one step; before the first action of an episode the held action is zero
+(`vla.envs.rollout.TimedAct`).
 
-An episode ends `steps_after_success` steps after its first success (so a video shows it), at
-`max_steps`, or when the env terminates or truncates. With `chain`, the suite's chain env
-(`suite.make_chain_env`) gives one scene several instructions in turn; the instruction in force is
-read from each step's info, and `info["chain_length"]` gives CALVIN's chain length.
+Episodes run through the one rollout loop, `vla.envs.rollout.rollout`. An episode ends
+`steps_after_success` steps after its first success (so a video shows it), at `max_steps`, or when the
+env terminates or truncates. With `chain`, the suite's chain env (`suite.make_chain_env`) gives one
+scene several instructions in turn; the instruction in force is read from each step's info, and
+`info["chain_length"]` gives CALVIN's chain length.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,11 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from vla import envs, keys
-from vla.collect import episode_seed
+from vla.envs.rollout import Observer, Rollout, TimedAct, rollout
 from vla.errors import UserError
 from vla.eval_config import BASELINES, EvalConfig
 from vla.eval_report import build_report, video_frame, write_report, write_video
-from vla.policies.base import ExpertPolicy, ZeroPolicy
+from vla.policies.base import ExpertPolicy, Prediction, ZeroPolicy
 from vla.viz import ForesightTracker
 
 log = logging.getLogger(__name__)
@@ -92,52 +94,47 @@ class EpisodeResult:
 
 
 # --- one episode -------------------------------------------------------------------------------
+class EvalObserver(Observer):
+    """What `vla eval` watches in a rollout: foresight against what came true and, if `record`, video frames.
+
+    `prediction()` gives the Prediction behind the latest action (None when the model has not run)."""
+
+    def __init__(self, prediction: Callable[[], Prediction | None], record: bool):
+        self.prediction, self.record = prediction, record
+        self.frames: list = []  # `video_frame`s: after the reset and after every step
+        self.foresight = ForesightTracker()
+
+    def on_reset(self, run: Rollout, obs: dict, info: dict) -> None:
+        if self.record:
+            self.frames.append(video_frame(obs, self.prediction(), False))
+
+    def on_act(self, run: Rollout, obs: dict, action: np.ndarray) -> None:
+        self.foresight.predicted(run.steps, self.prediction(), obs)  # a repeated prediction counts once
+
+    def on_step(self, run: Rollout, obs: dict, info: dict) -> None:
+        self.foresight.observed(run.steps, obs)
+        if self.record:
+            self.frames.append(video_frame(obs, self.prediction(), run.success))
+
+
 def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> tuple[EpisodeResult, list]:
     """Roll `policy` out from `env.reset(seed)`; returns the result and, if `record`, video frames."""
-    obs, info = env.reset(seed=seed)
     if isinstance(policy, ExpertPolicy):
         policy.seed = seed  # the expert's noise is part of the episode
     policy.reset()
-    fps, limit = env.unwrapped.fps, setup.max_steps or NO_LIMIT
-    result = EpisodeResult(info[keys.TASK], 0, seed, info[keys.INSTRUCTION], False, 0, None)
-    result.instructions = [info[keys.INSTRUCTION]]
-    frames = [video_frame(obs, policy, False)] if record else []
-    action = np.zeros(env.action_space.shape, np.float32)  # what the robot does before the first action
-    latencies, done, foresight = [], False, ForesightTracker()
-    while not done and result.steps < limit:
-        start = time.perf_counter()
-        new_action = np.asarray(policy.select_action(obs, result.instructions[-1]), np.float32)
-        latencies.append(time.perf_counter() - start)
-        foresight.predicted(result.steps, policy.last_prediction, obs)
-        held = math.ceil(latencies[-1] * fps) if setup.charge_latency else 0
-        # The previous action runs on while the policy computes; then the new one takes effect.
-        for i, a in enumerate([action] * held + [new_action]):
-            obs, info, done = _step(env, a, result, setup)
-            foresight.observed(result.steps, obs)
-            result.steps_charged += i < held
-            if record:
-                frames.append(video_frame(obs, policy, result.success))
-            if done or result.steps >= limit:
-                break
-        action = new_action
-    result.inferences, result.latency_s = len(latencies), float(np.mean(latencies))
-    result.foresight = foresight.summary()
-    if "chain_length" in info:
-        result.chain_length, result.chain_size = int(info["chain_length"]), len(env.unwrapped.chain)
-    return result, frames
-
-
-def _step(env, action: np.ndarray, result: EpisodeResult, setup: Setup) -> tuple[dict, dict, bool]:
-    """One env step; updates `result` and says whether the episode is over."""
-    obs, _, terminated, truncated, info = env.step(action)
-    result.steps += 1
-    if info[keys.SUCCESS] and not result.success:
-        result.success, result.steps_to_success = True, result.steps
-    instruction = info.get(keys.INSTRUCTION, result.instructions[-1])
-    if instruction != result.instructions[-1]:
-        result.instructions.append(instruction)  # a chain moved on to its next subtask
-    after = result.success and result.steps - result.steps_to_success >= setup.steps_after_success
-    return obs, info, bool(terminated or truncated or after)
+    # What chooses the actions, and the Prediction behind the latest one.
+    select, prediction = policy.select_action, lambda: policy.last_prediction
+    idle = np.zeros(env.action_space.shape, np.float32)  # what the robot does before the first action
+    act = TimedAct(select, idle, env.unwrapped.fps if setup.charge_latency else None)
+    observer = EvalObserver(prediction, record)
+    run = rollout(env, act, seed, setup.max_steps or NO_LIMIT, setup.steps_after_success, [observer])
+    result = EpisodeResult(run.task, 0, seed, run.instruction, run.success, run.steps, run.steps_to_success)
+    result.inferences, result.latency_s = len(act.latencies), float(np.mean(act.latencies))
+    result.steps_charged, result.instructions = act.steps_charged, run.instructions
+    result.foresight = observer.foresight.summary()
+    if "chain_length" in run.info:
+        result.chain_length, result.chain_size = int(run.info["chain_length"]), len(env.unwrapped.chain)
+    return result, observer.frames
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -321,7 +318,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
     videos = _videos_possible(cfg.videos)
     split_key = "eval/" + setup.split
     jobs = [
-        Job(task, i, episode_seed(cfg.seed, cfg.suite, split_key, task, i), i < videos)
+        Job(task, i, envs.episode_seed(cfg.seed, cfg.suite, split_key, task, i), i < videos)
         for task in tasks
         for i in range(cfg.episodes)
     ]

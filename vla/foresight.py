@@ -3,21 +3,24 @@
     vla foresight --policy runs/quickstart/policy --suite metaworld --tasks drawer-close-v3 --out runs/fs
     vla foresight --policy runs/quickstart/policy --store runs/quickstart/demos.zarr --episode 3 --out runs/fs
 
-In a suite the policy re-plans every step (the first action of each predicted chunk is executed) so
-every frame has its foresight; a stored episode is replayed observation by observation.
+In a suite the policy re-plans every step (`Replanning`: the first action of each predicted chunk is
+executed, in the one rollout loop `vla.envs.rollout`) so every frame has its foresight; a stored
+episode is replayed observation by observation.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from vla import envs, keys
-from vla.collect import episode_seed
 from vla.datasets.store import TrajectoryStore
+from vla.envs import rollout as env_rollout
 from vla.errors import UserError
+from vla.policies.base import Prediction
 from vla.viz import ForesightRun, run_foresight, write_media
 
 log = logging.getLogger(__name__)
@@ -31,33 +34,48 @@ def _policy(path: str):
     return policy
 
 
+class Replanning:
+    """An `act` that predicts at every step and executes the first action of each chunk."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.prediction: Prediction | None = None  # behind the latest action
+
+    def __call__(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+        self.prediction = self.policy.predict(obs, instruction)
+        return self.prediction.actions[0]
+
+
+class ForesightRecorder(env_rollout.Observer):
+    """Builds a `ForesightRun` from a rollout: per step the observation and the prediction behind the action.
+
+    `prediction()` gives that Prediction; the act must predict at every step (`Replanning`)."""
+
+    def __init__(self, offset: int, prediction: Callable[[], Prediction | None]):
+        self.offset, self.prediction = offset, prediction
+        self.run: ForesightRun | None = None
+
+    def on_reset(self, run: env_rollout.Rollout, obs: dict, info: dict) -> None:
+        self.run = ForesightRun(self.offset, info[keys.INSTRUCTION])
+
+    def on_act(self, run: env_rollout.Rollout, obs: dict, action: np.ndarray) -> None:
+        self.run.add(obs, self.prediction())
+
+
 def rollout(policy, suite_name: str, task: str, seed: int, max_steps: int, split: str = "train"):
-    """A re-planning rollout in the suite; returns the run and the env's control rate."""
+    """A re-planning rollout in the suite; returns the run and the env's control rate. The episode goes on
+    `foresight_offset + 5` steps after success, so the last foresight can come true."""
     suite = envs.get_suite(suite_name)
     image_keys = [k for k in policy.features if keys.is_image_key(k)]
     cameras = tuple(keys.camera_of(k) for k in image_keys)
     env = suite.make_env(task, image_size=policy.features[image_keys[0]].shape[0], cameras=cameras, split=split)
     try:
-        obs, info = env.reset(seed=seed)
-        state = {"obs": obs, "done": False, "after": None}
-
-        def observations():
-            for _ in range(max_steps):
-                if state["done"]:
-                    return
-                yield state["obs"]
-
-        def act(action: np.ndarray) -> None:
-            obs, _, terminated, truncated, step_info = env.step(action)
-            state["obs"] = obs
-            if step_info[keys.SUCCESS] and state["after"] is None:
-                state["after"] = 0
-            if state["after"] is not None:
-                state["after"] += 1  # keep going long enough for the last foresight to come true
-            state["done"] = terminated or truncated or (state["after"] or 0) > policy.config.foresight_offset + 5
-
-        run = run_foresight(policy, observations(), info[keys.INSTRUCTION], act)
-        return run, env.unwrapped.fps
+        offset = policy.config.foresight_offset
+        act = Replanning(policy)
+        recorder = ForesightRecorder(offset, lambda: act.prediction)
+        policy.reset()
+        env_rollout.rollout(env, act, seed, max_steps, offset + 5, [recorder])
+        return recorder.run, env.unwrapped.fps
     finally:
         env.close()
 
@@ -96,7 +114,7 @@ def foresight(
         names = envs.resolve_tasks(envs.get_suite(suite), tasks or "")
         runs = []
         for task in names:
-            task_seed = episode_seed(seed, suite, "foresight", task, 0)
+            task_seed = envs.episode_seed(seed, suite, "foresight", task, 0)
             runs.append((task, *rollout(policy, suite, task, task_seed, max_steps)))
     for name, run, fps in runs:
         paths = write_media(run, Path(out) / name, fps)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vla.model.layout import Kind
+from vla.policies.base import Prediction
 
 SSIM_WINDOW = 7  # pixels: small frames (64x64) want a small window
 _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # Wang et al. 2004 constants for 8-bit images
@@ -64,9 +65,9 @@ def mean_scores(scores: list[dict[str, float]]) -> dict[str, float] | None:
 class ForesightTracker:
     """Pairs each foreseen frame with the frame that arrives `foresight_offset` steps later, in a rollout.
 
-    tracker.predicted(step, policy.last_prediction, obs)   # after the policy ran at env step `step`
-    tracker.observed(step, obs)                            # after every env step
-    tracker.summary()                                      # mean scores, or None if nothing matured
+    tracker.predicted(step, prediction, obs)   # the Prediction behind the action chosen at env step `step`
+    tracker.observed(step, obs)                # after every env step
+    tracker.summary()                          # mean scores, or None if nothing matured
     """
 
     def __init__(self):
@@ -108,6 +109,12 @@ class ForesightRun:
     def cameras(self) -> list[str]:
         return list(self.foreseen[0]) if self.foreseen else []
 
+    def add(self, obs: dict[str, np.ndarray], prediction: Prediction) -> None:
+        """Step t: the observation the policy saw and its Prediction (the first action is the one taken)."""
+        self.observed.append({k: np.array(v) for k, v in obs.items() if k in prediction.foresight})
+        self.foreseen.append(prediction.foresight)
+        self.actions.append(prediction.actions[0])
+
     def pairs(self):
         """(t, key, foreseen at t, observed at t + offset, observed at t) for every step that has both."""
         for t in range(len(self.observed) - self.offset):
@@ -121,19 +128,13 @@ class ForesightRun:
         return {"offset": self.offset, "instruction": self.instruction, "steps": steps, "mean": mean_scores(scores)}
 
 
-def run_foresight(policy, observations, instruction: str, act=None) -> ForesightRun:
-    """Feed `observations` (an iterable of raw observation dicts) to the policy one step at a time,
-    predicting at every step; `act(action)`, if given, is called with the first action of each chunk
-    (a rollout re-planning every step, so every frame has its foresight)."""
+def run_foresight(policy, observations, instruction: str) -> ForesightRun:
+    """Feed `observations` (an iterable of raw observation dicts, e.g. a stored episode's) to the policy
+    one step at a time, predicting at every step. (A rollout in a suite: `vla.foresight.rollout`.)"""
     policy.reset()
     run = ForesightRun(policy.config.foresight_offset, instruction)
     for obs in observations:
-        prediction = policy.predict(obs, instruction)
-        run.observed.append({k: np.array(v) for k, v in obs.items() if k in prediction.foresight})
-        run.foreseen.append(prediction.foresight)
-        run.actions.append(prediction.actions[0])
-        if act is not None:
-            act(prediction.actions[0])
+        run.add(obs, policy.predict(obs, instruction))
     return run
 
 

@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import os
+import zlib
+
+import numpy as np
 
 from vla.errors import UserError, choice_error
 
@@ -69,3 +72,13 @@ def resolve_split(suite, split: str) -> str:
     if split not in suite.splits:
         raise choice_error(f"{suite.name} split", split, suite.splits)
     return split
+
+
+def episode_seed(seed: int, suite: str, split: str, task: str, attempt: int) -> int:
+    """A 31-bit seed for an episode, the same on every machine for the same arguments.
+
+    Part of the data contract: stores record these seeds, and `vla collect` resumes by them. Commands
+    keep their episodes apart by `split`: collection uses the split's name, `vla eval` "eval/<split>",
+    `vla foresight` "foresight"."""
+    key = zlib.crc32(f"{suite}/{split}/{task}".encode())
+    return int(np.random.SeedSequence([seed, key, attempt]).generate_state(1)[0] >> 1)
