@@ -8,10 +8,14 @@ Episodes run in `--workers` spawned processes; each builds its policy once and o
 meets, and reuses them. Results come back in job order, so the report does not depend on the number
 of workers (unless latency is charged: then wall time, and so the outcome, depends on the machine).
 
-Latency charging (`charge_latency`): the wall time L of each `select_action` call becomes
-ceil(L * fps) env steps during which the previous action keeps being applied before the new one takes
-effect, as on a robot that keeps moving while the policy thinks. The rounding is up, so any non-zero
-latency costs at least one step; before the first action of an episode the held action is zero.
+Chunks are executed by `vla.policies.executor.ChunkExecutor` on its step clock (one tick per policy
+step), the same code `vla control` runs on the wall clock.
+
+Latency charging (`charge_latency`): the wall time L of each policy step (`executor.act`: observe or
+predict, then pick the action) becomes ceil(L * fps) env steps during which the previous action keeps
+being applied before the new one takes effect, as on a robot that keeps moving while the policy
+thinks. The rounding is up, so any non-zero latency costs at least one step; before the first action
+of an episode the held action is zero. Held steps are not executor ticks: the chunk resumes where it was.
 
 An episode ends `steps_after_success` steps after its first success (so a video shows it), at
 `max_steps`, or when the env terminates or truncates. With `chain`, the suite's chain env
@@ -36,7 +40,8 @@ from vla import envs, keys
 from vla.collect import episode_seed
 from vla.errors import UserError
 from vla.eval_report import build_report, video_frame, write_report, write_video
-from vla.policies.base import ExpertPolicy, ZeroPolicy
+from vla.policies.base import ExpertPolicy, Policy, ZeroPolicy
+from vla.policies.executor import ChunkExecutor
 from vla.viz import ForesightTracker
 
 log = logging.getLogger(__name__)
@@ -114,8 +119,8 @@ class EpisodeResult:
     success: bool
     steps: int  # env steps taken, held (latency) steps included
     steps_to_success: int | None  # env steps up to and including the first step reporting success
-    inferences: int = 0  # select_action calls
-    latency_s: float = 0.0  # mean wall time of select_action
+    inferences: int = 0  # policy steps (executor acts: a prediction or an observation, and an action)
+    latency_s: float = 0.0  # mean wall time of a policy step
     steps_charged: int = 0  # env steps the previous action was held for latency
     instructions: list[str] = field(default_factory=list)  # every instruction given, in order
     chain_length: int | None = None  # subtasks completed in a row (chains only)
@@ -125,23 +130,26 @@ class EpisodeResult:
 
 
 # --- one episode -------------------------------------------------------------------------------
-def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> tuple[EpisodeResult, list]:
+def run_episode(env, policy: Policy, seed: int, setup: Setup, record: bool = False) -> tuple[EpisodeResult, list]:
     """Roll `policy` out from `env.reset(seed)`; returns the result and, if `record`, video frames."""
     obs, info = env.reset(seed=seed)
     if isinstance(policy, ExpertPolicy):
         policy.seed = seed  # the expert's noise is part of the episode
-    policy.reset()
+    executor = ChunkExecutor(policy)  # the step clock; resets the policy
     fps, limit = env.unwrapped.fps, setup.max_steps or NO_LIMIT
     result = EpisodeResult(info[keys.TASK], 0, seed, info[keys.INSTRUCTION], False, 0, None)
     result.instructions = [info[keys.INSTRUCTION]]
-    frames = [video_frame(obs, policy, False)] if record else []
+    shown = None  # the latest prediction, whose foresight the video shows
+    frames = [video_frame(obs, shown, False)] if record else []
     action = np.zeros(env.action_space.shape, np.float32)  # what the robot does before the first action
     latencies, done, foresight = [], False, ForesightTracker()
     while not done and result.steps < limit:
         start = time.perf_counter()
-        new_action = np.asarray(policy.select_action(obs, result.instructions[-1]), np.float32)
+        new_action, prediction = executor.act(obs, result.instructions[-1], tick=len(latencies))
         latencies.append(time.perf_counter() - start)
-        foresight.predicted(result.steps, policy.last_prediction, obs)
+        if prediction is not None:
+            shown = prediction
+        foresight.predicted(result.steps, prediction, obs)
         held = math.ceil(latencies[-1] * fps) if setup.charge_latency else 0
         # The previous action runs on while the policy computes; then the new one takes effect.
         for i, a in enumerate([action] * held + [new_action]):
@@ -149,7 +157,7 @@ def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> t
             foresight.observed(result.steps, obs)
             result.steps_charged += i < held
             if record:
-                frames.append(video_frame(obs, policy, result.success))
+                frames.append(video_frame(obs, shown, result.success))
             if done or result.steps >= limit:
                 break
         action = new_action

@@ -26,9 +26,7 @@ log = logging.getLogger(__name__)
 def _policy(path: str):
     from vla.policies.vla_policy import VLAPolicy
 
-    policy = VLAPolicy.from_pretrained(path)
-    policy.temporal_ensemble = 0.0
-    return policy
+    return VLAPolicy.from_pretrained(path)
 
 
 def rollout(policy, suite_name: str, task: str, seed: int, max_steps: int, split: str = "train"):

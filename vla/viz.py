@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vla.model.layout import Kind
+from vla.policies.executor import ChunkExecutor
 
 SSIM_WINDOW = 7  # pixels: small frames (64x64) want a small window
 _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # Wang et al. 2004 constants for 8-bit images
@@ -64,9 +65,9 @@ def mean_scores(scores: list[dict[str, float]]) -> dict[str, float] | None:
 class ForesightTracker:
     """Pairs each foreseen frame with the frame that arrives `foresight_offset` steps later, in a rollout.
 
-    tracker.predicted(step, policy.last_prediction, obs)   # after the policy ran at env step `step`
-    tracker.observed(step, obs)                            # after every env step
-    tracker.summary()                                      # mean scores, or None if nothing matured
+    tracker.predicted(step, prediction, obs)   # after the policy's step at env step `step` (None: no prediction)
+    tracker.observed(step, obs)                # after every env step
+    tracker.summary()                          # mean scores, or None if nothing matured
     """
 
     def __init__(self):
@@ -125,15 +126,15 @@ def run_foresight(policy, observations, instruction: str, act=None) -> Foresight
     """Feed `observations` (an iterable of raw observation dicts) to the policy one step at a time,
     predicting at every step; `act(action)`, if given, is called with the first action of each chunk
     (a rollout re-planning every step, so every frame has its foresight)."""
-    policy.reset()
+    executor = ChunkExecutor(policy, n_action_steps=1, temporal_ensemble=0.0)  # re-plan every step; resets
     run = ForesightRun(policy.cfg.data.foresight_offset, instruction)
-    for obs in observations:
-        prediction = policy.predict(obs, instruction)
+    for tick, obs in enumerate(observations):
+        action, prediction = executor.act(obs, instruction, tick)
         run.observed.append({k: np.array(v) for k, v in obs.items() if k in prediction.foresight})
         run.foreseen.append(prediction.foresight)
-        run.actions.append(prediction.actions[0])
+        run.actions.append(action)
         if act is not None:
-            act(prediction.actions[0])
+            act(action)
     return run
 
 

@@ -16,11 +16,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from vla import keys
 from vla.errors import UserError, choice_error
-from vla.policies.base import Prediction
+from vla.policies.base import ZeroPolicy
 from vla.robot.config import RobotConfig, default_config_path, load_robot_config
 from vla.robot.loop import MODES, ControlLoop, LoopConfig
 from vla.robot.report import format_report
@@ -68,18 +66,6 @@ def load_policy(spec: str):
     policy = VLAPolicy.from_pretrained(spec)
     policy.foresee = False  # the loop needs actions; decoding foreseen frames would only add latency
     return policy
-
-
-class ZeroChunks:
-    """`--policy zero`: chunks of zero actions, for rehearsing a robot and its shield without weights."""
-
-    def __init__(self, features: dict[str, keys.Spec], chunk: int = 10):
-        self.features, self.chunk = features, chunk
-
-    def reset(self) -> None: ...
-
-    def predict(self, obs, instruction: str) -> Prediction:
-        return Prediction(np.zeros((self.chunk, *self.features[keys.ACTION].shape), np.float32))
 
 
 def _policy_features(policy) -> dict[str, keys.Spec] | None:
@@ -174,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     recorder, instruction = None, ""
     try:
         if policy is None:
-            policy = ZeroChunks(robot_features(robot))
+            policy = ZeroPolicy(robot_features(robot), chunk=10)  # chunks of 10, as a trained policy's
         else:
             check_policy_fits(policy.features, robot)
             _threads(args)
