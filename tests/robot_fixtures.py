@@ -35,11 +35,15 @@ def shield_config(**overrides) -> ShieldConfig:
 
 
 class ScriptedPolicy:
-    """Chunks from a function of the call count; optionally slow. Records what it was given."""
+    """Chunks from a function of the call count; optionally slow. Records what it was given.
+    Executed whole (n_action_steps = chunk) unless the loop says otherwise."""
+
+    history, temporal_ensemble = 1, 0.0
 
     def __init__(self, make_chunk, delay: float = 0.0, chunk: int = 8):
         self.features = FEATURES
         self.make_chunk, self.delay, self.chunk = make_chunk, delay, chunk
+        self.n_action_steps = chunk
         self.calls, self.observed = 0, 0
         self.seen_states: list[np.ndarray] = []
 

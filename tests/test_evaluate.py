@@ -11,6 +11,7 @@ from vla import keys
 from vla.cli import main
 from vla.eval_report import BORDER, VIDEO_PANEL, wilson_interval
 from vla.evaluate import EvalConfig, Setup, prepare, run_episode
+from vla.policies.base import Prediction
 
 TASKS = "reach-v3,drawer-close-v3"
 
@@ -137,18 +138,22 @@ class _CountingEnv:
 
 
 class _CountingPolicy:
-    """Returns 1, 2, 3, ... and takes `delay` seconds per call (0.15 s: two env steps at 10 Hz)."""
+    """Chunks of one action 1, 2, 3, ...; takes `delay` seconds per prediction (0.15 s: two env steps at 10 Hz)."""
+
+    history, n_action_steps, temporal_ensemble = 1, 1, 0.0
 
     def __init__(self, delay: float = 0.0):
-        self.calls, self.delay, self.last_prediction = 0, delay, None
+        self.calls, self.delay = 0, delay
 
     def reset(self):
         self.calls = 0
 
-    def select_action(self, obs, instruction):
+    def observe(self, obs, instruction): ...
+
+    def predict(self, obs, instruction):
         time.sleep(self.delay)
         self.calls += 1
-        return np.array([self.calls], np.float32)
+        return Prediction(np.array([[self.calls]], np.float32))
 
 
 def _setup(**kw) -> Setup:

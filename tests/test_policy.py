@@ -13,6 +13,7 @@ from vla.cli import main
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
+from vla.policies.executor import ChunkExecutor
 from vla.policies.normalizer import Normalizer
 from vla.policies.vla_policy import VLAPolicy
 from vla.train import train
@@ -60,14 +61,17 @@ def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
     save_policy(policy, tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")
     episode = store.episode(0)
-    for p in (policy, loaded):
-        p.reset()
+    executors = [ChunkExecutor(p) for p in (policy, loaded)]
+    predicted_at = []
     for t in range(6):
         obs = {k: episode[k][t] for k in episode}
-        np.testing.assert_array_equal(policy.select_action(obs, "reach"), loaded.select_action(obs, "reach"))
-    prediction = loaded.last_prediction
-    assert prediction.actions.shape == (4, 4)
-    assert prediction.foresight[keys.image_key("corner")].shape == (32, 32, 3)
+        (a, _), (b, prediction) = (e.act(obs, "reach", t) for e in executors)
+        np.testing.assert_array_equal(a, b)
+        if prediction is not None:
+            predicted_at.append(t)
+            assert prediction.actions.shape == (4, 4)
+            assert prediction.foresight[keys.image_key("corner")].shape == (32, 32, 3)
+    assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 5 > 4)
 
 
 def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path):
@@ -144,19 +148,23 @@ def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
     assert sampling_error() < 0.7 * before
     policy.eval()
     episode = store.episode(0)
-    action = policy.select_action({k: episode[k][0] for k in episode}, "reach")
+    action, _ = ChunkExecutor(policy).act({k: episode[k][0] for k in episode}, "reach", 0)
     assert action.shape == (4,) and np.isfinite(action).all()
 
 
 def test_temporal_ensembling_averages_overlapping_chunks(metaworld_store, tmp_path):
     policy, store = make_policy(metaworld_store, tmp_path)
     policy.eval()
-    policy.temporal_ensemble = 0.5
+    assert (policy.history, policy.n_action_steps, policy.temporal_ensemble) == (3, 5, 0.0)  # from its config
+    with pytest.raises(AttributeError):
+        policy.temporal_ensemble = 0.5  # how it is executed is the executor's choice, not a switch on the policy
+    executor = ChunkExecutor(policy, temporal_ensemble=0.5)
     episode = store.episode(0)
     chunks, actions = [], []
     for t in range(6):
-        actions.append(policy.select_action({k: episode[k][t] for k in episode}, "reach"))
-        chunks.append(policy.last_prediction.actions)
+        action, prediction = executor.act({k: episode[k][t] for k in episode}, "reach", t)
+        actions.append(action)
+        chunks.append(prediction.actions)
     # At step 5 the chunks predicted at steps 2..5 (chunk length 4) cover it, the oldest first.
     votes = np.stack([chunks[s][5 - s] for s in range(2, 6)])
     weights = np.exp(-0.5 * np.arange(4))

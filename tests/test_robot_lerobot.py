@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.robot_fixtures import constant_policy
 from vla import keys
 from vla.errors import UserError
 from vla.robot import ControlLoop, LoopConfig, ShieldConfig
@@ -90,20 +91,15 @@ def test_loop_drives_a_lerobot_arm_in_absolute_mode():
     robot = LeRobotAdapter(arm)
     robot.connect()
 
-    class Reach:
-        def predict(self, obs, instruction):
-            from vla.policies.base import Prediction
-
-            return Prediction(np.tile(np.array([40, -30, 20, 10, 0, 80], np.float32), (4, 1)))
-
-    report = ControlLoop(robot, Reach(), arm_shield(), LoopConfig("reach", hz=50, max_ticks=10, mode="sync")).run()
+    reach = constant_policy((40, -30, 20, 10, 0, 80), chunk=4)
+    report = ControlLoop(robot, reach, arm_shield(), LoopConfig("reach", hz=50, max_ticks=10, mode="sync")).run()
     goals = np.array([[g[f"{m}.pos"] for m in MOTORS] for g in arm.goals])
     assert np.all(np.abs(np.diff(goals[:, :5], axis=0)) <= 2 + 1e-5) and np.all(np.abs(goals[0, :5]) <= 2 + 1e-5)
     assert report.clamped == 10 and goals[9][5] == 50  # the gripper: 5 per tick, the arm's own cap
     np.testing.assert_array_equal(goals[-1], goals[-2])  # the end: hold = repeat what the arm reported sent
     arm.connected = False  # the cable comes out
     robot.robot.connected = False
-    report = ControlLoop(robot, Reach(), arm_shield(), LoopConfig("reach", hz=50, max_ticks=10, mode="sync")).run()
+    report = ControlLoop(robot, reach, arm_shield(), LoopConfig("reach", hz=50, max_ticks=10, mode="sync")).run()
     assert report.safe_stops == 1 and "RobotDisconnected" in report.stop_reason
 
 
@@ -161,13 +157,8 @@ def test_real_so100_follower_through_the_adapter(tmp_path):
     np.testing.assert_allclose(sent, [3, -3, 1, 0, 0, 3])  # LeRobot's max_relative_target clipped it
     robot.robot.config.max_relative_target = None
 
-    class Reach:
-        def predict(self, obs, instruction):
-            from vla.policies.base import Prediction
-
-            return Prediction(np.tile(np.array([60, -60, 20, 10, 0, 40], np.float32), (4, 1)))
-
-    report = ControlLoop(robot, Reach(), arm_shield(), LoopConfig("reach", hz=50, max_ticks=8, mode="sync")).run()
+    reach = constant_policy((60, -60, 20, 10, 0, 40), chunk=4)
+    report = ControlLoop(robot, reach, arm_shield(), LoopConfig("reach", hz=50, max_ticks=8, mode="sync")).run()
     goals = np.array([[g[m] for m in MOTORS] for g in bus.goals])
     assert report.ticks == 8 and np.all(np.abs(np.diff(goals[:, :5], axis=0)) <= 2 + 1e-5)
     robot.disconnect()

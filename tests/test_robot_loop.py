@@ -19,8 +19,8 @@ from tests.robot_fixtures import (
     run_mock,
     shield_config,
 )
+from vla.policies.executor import ChunkExecutor
 from vla.robot import ControlLoop, Fault, LoopConfig, MockRobot
-from vla.robot.inference import ChunkSchedule
 from vla.robot.mock import FAULTS
 
 HOLD = np.array([0, 0, 0, -1], np.float32)
@@ -130,7 +130,7 @@ def test_async_keeps_its_rate_while_inference_is_slow():
 
 
 def test_schedule_plays_actions_by_observation_time():
-    s = ChunkSchedule(hz=10)
+    s = ChunkExecutor(constant_policy(), hz=10)  # the wall clock, as the loop drives it
     s.add(np.arange(5, dtype=np.float32)[:, None], obs_time=100.0)
     assert s.pick(100.01).action[0] == 0  # due now
     assert s.pick(100.11).action[0] == 1
@@ -144,7 +144,7 @@ def test_schedule_plays_actions_by_observation_time():
 
 
 def test_temporal_ensemble_weights_the_oldest_chunk_most():
-    s = ChunkSchedule(hz=10, ensemble=1.0)
+    s = ChunkExecutor(constant_policy(), hz=10, temporal_ensemble=1.0)
     s.add(np.zeros((4, 1), np.float32), obs_time=0.0)
     s.add(np.ones((4, 1), np.float32), obs_time=0.1)
     action = s.pick(0.1).action[0]

@@ -77,7 +77,7 @@ def _latency(episodes: list[dict], charged: bool) -> dict:
     steps_charged = sum(e["steps_charged"] for e in episodes)
     return {
         "charged": charged,
-        "mean_s": total_s / inferences,  # per select_action call, over every call of the run
+        "mean_s": total_s / inferences,  # per policy step (executor act), over every step of the run
         "inferences": inferences,
         "steps_charged": steps_charged,
         "steps_charged_per_inference": steps_charged / inferences,
@@ -144,7 +144,7 @@ def format_markdown(report: dict) -> str:
     lat = report["latency"]
     lines += [
         "",
-        f"Mean select_action latency {1000 * lat['mean_s']:.2f} ms over {lat['inferences']} calls; "
+        f"Mean policy-step latency {1000 * lat['mean_s']:.2f} ms over {lat['inferences']} calls; "
         f"{lat['steps_charged']} env steps charged ({lat['steps_charged_per_inference']:.2f} per call).",
     ]
     lines += _foresight_markdown(report["tasks"])
@@ -210,8 +210,8 @@ _GREY, _GREEN, _RED = (96, 96, 96), (40, 200, 60), (220, 40, 40)
 
 
 def video_frame(obs: dict[str, np.ndarray], prediction: Prediction | None, success: bool) -> tuple[list, bool]:
-    """One step of a video: per camera the real frame and the foresight for it (None if none), from the
-    prediction behind the latest action."""
+    """One step of a video: per camera the real frame and the foresight of `prediction` (the latest the
+    policy made; None before the first) for it (None if none)."""
     foresight = prediction.foresight if prediction is not None else {}
     panels = []
     for key in (k for k in obs if keys.is_image_key(k)):  # the env's camera order

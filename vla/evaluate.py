@@ -8,11 +8,15 @@ Episodes run in `--workers` spawned processes; each builds its policy once and o
 meets, and reuses them. Results come back in job order, so the report does not depend on the number
 of workers (unless latency is charged: then wall time, and so the outcome, depends on the machine).
 
-Latency charging (`charge_latency`): the wall time L of each `select_action` call becomes
-ceil(L * fps) env steps during which the previous action keeps being applied before the new one takes
-effect, as on a robot that keeps moving while the policy thinks. The rounding is up, so any non-zero
-latency costs at least one step; before the first action of an episode the held action is zero
-(`vla.envs.rollout.TimedAct`).
+Chunks are executed by `vla.policies.executor.ChunkExecutor` on its step clock (one tick per policy
+step), the same code `vla control` runs on the wall clock.
+
+Latency charging (`charge_latency`): the wall time L of each policy step (`executor.act`: observe or
+predict, then pick the action) becomes ceil(L * fps) env steps during which the previous action keeps
+being applied before the new one takes effect, as on a robot that keeps moving while the policy
+thinks. The rounding is up, so any non-zero latency costs at least one step; before the first action
+of an episode the held action is zero (`vla.envs.rollout.TimedAct`). Held steps are not executor
+ticks: the chunk resumes where it was.
 
 Episodes run through the one rollout loop, `vla.envs.rollout.rollout`. An episode ends
 `steps_after_success` steps after its first success (so a video shows it), at `max_steps`, or when the
@@ -39,7 +43,8 @@ from vla.envs.rollout import Observer, Rollout, TimedAct, rollout
 from vla.errors import UserError
 from vla.eval_config import BASELINES, EvalConfig
 from vla.eval_report import build_report, video_frame, write_report, write_video
-from vla.policies.base import ExpertPolicy, Prediction, ZeroPolicy
+from vla.policies.base import ExpertPolicy, Policy, Prediction, ZeroPolicy
+from vla.policies.executor import ChunkExecutor
 from vla.viz import ForesightTracker
 
 log = logging.getLogger(__name__)
@@ -83,8 +88,8 @@ class EpisodeResult:
     success: bool
     steps: int  # env steps taken, held (latency) steps included
     steps_to_success: int | None  # env steps up to and including the first step reporting success
-    inferences: int = 0  # select_action calls
-    latency_s: float = 0.0  # mean wall time of select_action
+    inferences: int = 0  # policy steps (executor acts: a prediction or an observation, and an action)
+    latency_s: float = 0.0  # mean wall time of a policy step
     steps_charged: int = 0  # env steps the previous action was held for latency
     instructions: list[str] = field(default_factory=list)  # every instruction given, in order
     chain_length: int | None = None  # subtasks completed in a row (chains only)
@@ -94,6 +99,21 @@ class EpisodeResult:
 
 
 # --- one episode -------------------------------------------------------------------------------
+class StepClockAct:
+    """The chunk executor on its step clock as a rollout's `act`: one tick per policy step (held latency
+    steps are not ticks), and the Prediction behind the latest action (None before the first)."""
+
+    def __init__(self, policy: Policy):
+        self.executor = ChunkExecutor(policy)  # resets the policy
+        self.ticks, self.latest = 0, None
+
+    def __call__(self, obs: dict, instruction: str) -> np.ndarray:
+        action, prediction = self.executor.act(obs, instruction, tick=self.ticks)
+        self.ticks += 1
+        self.latest = prediction or self.latest
+        return action
+
+
 class EvalObserver(Observer):
     """What `vla eval` watches in a rollout: foresight against what came true and, if `record`, video frames.
 
@@ -117,16 +137,14 @@ class EvalObserver(Observer):
             self.frames.append(video_frame(obs, self.prediction(), run.success))
 
 
-def run_episode(env, policy, seed: int, setup: Setup, record: bool = False) -> tuple[EpisodeResult, list]:
+def run_episode(env, policy: Policy, seed: int, setup: Setup, record: bool = False) -> tuple[EpisodeResult, list]:
     """Roll `policy` out from `env.reset(seed)`; returns the result and, if `record`, video frames."""
     if isinstance(policy, ExpertPolicy):
         policy.seed = seed  # the expert's noise is part of the episode
-    policy.reset()
-    # What chooses the actions, and the Prediction behind the latest one.
-    select, prediction = policy.select_action, lambda: policy.last_prediction
+    select = StepClockAct(policy)
     idle = np.zeros(env.action_space.shape, np.float32)  # what the robot does before the first action
     act = TimedAct(select, idle, env.unwrapped.fps if setup.charge_latency else None)
-    observer = EvalObserver(prediction, record)
+    observer = EvalObserver(lambda: select.latest, record)
     run = rollout(env, act, seed, setup.max_steps or NO_LIMIT, setup.steps_after_success, [observer])
     result = EpisodeResult(run.task, 0, seed, run.instruction, run.success, run.steps, run.steps_to_success)
     result.inferences, result.latency_s = len(act.latencies), float(np.mean(act.latencies))

@@ -21,6 +21,7 @@ from vla.datasets.store import TrajectoryStore
 from vla.envs import rollout as env_rollout
 from vla.errors import UserError
 from vla.policies.base import Prediction
+from vla.policies.executor import ChunkExecutor
 from vla.viz import ForesightRun, run_foresight, write_media
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,22 @@ log = logging.getLogger(__name__)
 def _policy(path: str):
     from vla.checkpoint import load_policy
 
-    policy = load_policy(path)
-    policy.temporal_ensemble = 0.0
-    return policy
+    return load_policy(path)
 
 
 class Replanning:
-    """An `act` that predicts at every step and executes the first action of each chunk."""
+    """An `act` that re-plans at every step (the chunk executor with n_action_steps 1, no ensembling), so
+    every frame has its foresight."""
 
     def __init__(self, policy):
-        self.policy = policy
+        self.executor = ChunkExecutor(policy, n_action_steps=1, temporal_ensemble=0.0)  # resets the policy
+        self.ticks = 0
         self.prediction: Prediction | None = None  # behind the latest action
 
     def __call__(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        self.prediction = self.policy.predict(obs, instruction)
-        return self.prediction.actions[0]
+        action, self.prediction = self.executor.act(obs, instruction, self.ticks)
+        self.ticks += 1
+        return action
 
 
 class ForesightRecorder(env_rollout.Observer):

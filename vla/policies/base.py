@@ -1,11 +1,13 @@
 """What every policy offers the evaluator, the robot loop and the foresight tools.
 
-A policy consumes raw-unit observation dicts (the keys of `vla.keys`) plus the instruction, and returns
-raw-unit actions. It keeps its own observation history and action queue; `reset()` starts an episode.
+A policy consumes raw-unit observation dicts (the keys of `vla.keys`) plus the instruction, keeps its
+own observation history, and predicts chunks of raw-unit actions. Which action of which chunk runs
+when is not its business: `vla.policies.executor.ChunkExecutor` executes chunks, in evaluation and on
+a robot alike.
 
     policy.reset()
-    action = policy.select_action(obs, instruction)   # (action_dim,) float32, raw units
-    policy.last_prediction                            # the Prediction behind that action, if the model ran
+    policy.observe(obs, instruction)                 # a tick on which no chunk is needed
+    prediction = policy.predict(obs, instruction)    # (chunk, action_dim) actions + foreseen frames
 
 Baselines that need no weights live here too: `ZeroPolicy` (the do-nothing reference every success
 table is compared with) and `ExpertPolicy` (a suite's scripted expert, to validate the evaluator).
@@ -30,38 +32,49 @@ class Prediction:
 
 class Policy(Protocol):
     features: dict[str, keys.Spec]  # the observation keys it reads and `action`, as in the store it learnt from
+    history: int  # observations `predict` reads (1: the current one only)
+    n_action_steps: int  # actions executed from each chunk before predicting again
+    temporal_ensemble: float  # k > 0: ACT's temporal ensembling, weights exp(-k * i), oldest first
 
-    def reset(self) -> None: ...
+    def reset(self) -> None: ...  # start an episode
 
-    def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray: ...
+    def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None: ...  # take an observation, no prediction
 
-    last_prediction: Prediction | None
+    def predict(self, obs: dict[str, np.ndarray], instruction: str) -> Prediction: ...  # observe + predict a chunk
 
 
 class ZeroPolicy:
-    """Always outputs zeros: the baseline a trained policy must clearly beat."""
+    """Chunks of zeros: the baseline a trained policy must clearly beat, and `vla control --policy zero`
+    (rehearsing a robot and its shield without weights)."""
 
-    def __init__(self, features: dict[str, keys.Spec]):
-        self.features = features
-        self.last_prediction = None
+    history, temporal_ensemble = 1, 0.0
 
-    def reset(self) -> None:
-        self.last_prediction = None
+    def __init__(self, features: dict[str, keys.Spec], chunk: int = 1):
+        self.features, self.chunk = features, chunk
+        self.n_action_steps = chunk
 
-    def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        return np.zeros(self.features[keys.ACTION].shape, np.float32)
+    def reset(self) -> None: ...
+
+    def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None: ...
+
+    def predict(self, obs: dict[str, np.ndarray], instruction: str) -> Prediction:
+        return Prediction(np.zeros((self.chunk, *self.features[keys.ACTION].shape), np.float32))
 
 
 class ExpertPolicy:
-    """A suite's scripted expert behind the policy interface (privileged: it reads the env's state)."""
+    """A suite's scripted expert behind the policy interface (privileged: it reads the env's state).
+    It plans one action at a time, from the current observation alone."""
+
+    history, n_action_steps, temporal_ensemble = 1, 1, 0.0
 
     def __init__(self, env, expert, seed: int = 0):
         self.features = env.unwrapped.feature_specs()
         self.expert, self.seed = expert, seed
-        self.last_prediction = None
 
     def reset(self) -> None:
         self.expert.reset(self.seed)
 
-    def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        return np.asarray(self.expert.act(obs), np.float32)
+    def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None: ...
+
+    def predict(self, obs: dict[str, np.ndarray], instruction: str) -> Prediction:
+        return Prediction(np.asarray(self.expert.act(obs), np.float32)[None])  # (1, action_dim)

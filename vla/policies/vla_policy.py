@@ -2,8 +2,11 @@
 
     policy = checkpoint.load_policy("runs/quickstart/policy")   # or VLAPolicy(PolicyConfig(...), stats)
     policy.reset()
-    action = policy.select_action(obs, "press the button")   # raw units in, raw units out
-    prediction = policy.last_prediction                        # the chunk and the foreseen frames
+    prediction = policy.predict(obs, "press the button")   # raw units in: the chunk and the foreseen frames
+    policy.observe(obs, "press the button")                # a tick without a prediction: history only
+
+Executing chunks (the action queue, temporal ensembling) is `vla.policies.executor.ChunkExecutor`'s job;
+the policy says how it was trained to be executed: `history`, `n_action_steps`, `temporal_ensemble`.
 
 Training: `loss, metrics = policy(batch)` on a collated window batch (see `vla.datasets.sampler`).
 Which losses run is decided by what the batch carries: `action` -> the action loss, `future.<image
@@ -71,10 +74,24 @@ class VLAPolicy(nn.Module):
             lang_dim=self.language.dim,
             vocab=self.language.model.get_input_embeddings().weight,
         )
-        self.n_action_steps = cfg.n_action_steps
-        self.temporal_ensemble = cfg.temporal_ensemble
         self.streaming, self.foresee = streaming, foresee
         self.reset()
+
+    # --- how it is executed (see vla.policies.executor) ----------------------------------------------
+    @property
+    def history(self) -> int:
+        """Observations `predict` reads, the current one included."""
+        return self.config.history
+
+    @property
+    def n_action_steps(self) -> int:
+        """Actions executed from each chunk before predicting again."""
+        return self.config.n_action_steps
+
+    @property
+    def temporal_ensemble(self) -> float:
+        """k > 0: predict every step and average overlapping chunks, weights exp(-k * i), oldest first."""
+        return self.config.temporal_ensemble
 
     # --- inputs --------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -171,13 +188,10 @@ class VLAPolicy(nn.Module):
 
     # --- inference -----------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Start an episode: forget the observation history, the cache and queued actions."""
-        self._history: deque = deque(maxlen=self.config.history)  # raw observations, newest last
+        """Start an episode: forget the observation history and the cache."""
+        self._history: deque = deque(maxlen=self.history)  # raw observations, newest last
         self._cache: StreamCache | None = None
         self._instruction: str | None = None
-        self._queue: deque = deque()
-        self._queued_for: str | None = None
-        self.last_prediction: Prediction | None = None
 
     @torch.no_grad()
     def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None:
@@ -236,29 +250,3 @@ class VLAPolicy(nn.Module):
             actions[:, -1] = torch.where(closed, high, low)
         return actions
 
-    def select_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        """One raw-unit action. Every call observes; a new chunk is predicted when the queue runs dry
-        or the instruction changes (or every call, with temporal ensembling)."""
-        if self.temporal_ensemble > 0:
-            return self._ensembled_action(obs, instruction)
-        if self._queue and instruction == self._queued_for:
-            self.observe(obs, instruction)
-        else:
-            self.last_prediction = self.predict(obs, instruction)
-            self._queue = deque(self.last_prediction.actions[: self.n_action_steps])
-            self._queued_for = instruction
-        return self._queue.popleft().astype(np.float32)
-
-    def _ensembled_action(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        """ACT's temporal ensembling: every chunk still covering this step votes, the oldest weighing most
-        (weights exp(-k * i), i = 0 for the oldest), which smooths the jumps between chunks."""
-        if instruction != self._queued_for:
-            self._queue.clear()  # chunks for another instruction have no say
-            self._queued_for = instruction
-        self.last_prediction = self.predict(obs, instruction)
-        self._queue.append(list(self.last_prediction.actions))  # each entry: the steps a chunk has left
-        votes = np.stack([chunk.pop(0) for chunk in self._queue])
-        weights = np.exp(-self.temporal_ensemble * np.arange(len(votes)))
-        while self._queue and not self._queue[0]:
-            self._queue.popleft()
-        return (weights[:, None] * votes).sum(0).astype(np.float32) / weights.sum()

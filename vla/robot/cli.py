@@ -19,12 +19,10 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from vla import keys
 from vla.errors import UserError, choice_error
 from vla.options import add_flags, check_fields, from_args, option
-from vla.policies.base import Prediction
+from vla.policies.base import ZeroPolicy
 from vla.robot.config import RobotConfig, default_config_path, load_robot_config
 from vla.robot.loop import ControlLoop, LoopConfig
 from vla.robot.report import format_report
@@ -78,18 +76,6 @@ def load_policy(spec: str):
                         "model.safetensors in it or in its checkpoint/)") from None  # fmt: skip
     # The loop needs actions; decoding foreseen frames would only add latency.
     return load_policy(spec, foresee=False)
-
-
-class ZeroChunks:
-    """`--policy zero`: chunks of zero actions, for rehearsing a robot and its shield without weights."""
-
-    def __init__(self, features: dict[str, keys.Spec], chunk: int = 10):
-        self.features, self.chunk = features, chunk
-
-    def reset(self) -> None: ...
-
-    def predict(self, obs, instruction: str) -> Prediction:
-        return Prediction(np.zeros((self.chunk, *self.features[keys.ACTION].shape), np.float32))
 
 
 def _policy_features(policy) -> dict[str, keys.Spec] | None:
@@ -197,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     recorder, instruction = None, ""
     try:
         if policy is None:
-            policy = ZeroChunks(robot_features(robot))
+            policy = ZeroPolicy(robot_features(robot), chunk=10)  # chunks of 10, as a trained policy's
         else:
             check_policy_fits(policy.features, robot)
             _threads(cmd.threads)

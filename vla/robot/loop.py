@@ -5,9 +5,10 @@
 
 Tick k starts at t0 + k/hz. It reads an observation; the shield's watchdog judges it (stale or NaN ->
 hold, and the policy never sees it); a valid one goes to the inference (sync: predicted in the tick;
-async: handed to the worker thread); the action due now (see `vla.robot.inference`) passes the shield
-and is sent; the robot's reply is what gets recorded. A tick that overruns by more than a period
-skips the missed slots instead of bursting to catch up; the actions of those slots are dropped.
+async: handed to the worker thread, `vla.robot.inference`); the action due now (picked by the chunk
+executor on the wall clock, `vla.policies.executor`) passes the shield and is sent; the robot's reply
+is what gets recorded. A tick that overruns by more than a period skips the missed slots instead of
+bursting to catch up; the actions of those slots are dropped.
 
 Safe stop (hold for `stop_hold` s, then disconnect) on SIGINT or SIGTERM (handled at the next tick
 boundary, so a bus write is never torn; a second signal interrupts at once), on any exception from the
@@ -30,7 +31,9 @@ from tqdm import tqdm
 from vla import keys
 from vla.errors import UserError
 from vla.options import check_fields, option
-from vla.robot.inference import AsyncInference, ChunkSchedule, SyncInference, policy_history, predict_chunk
+from vla.policies.base import Policy
+from vla.policies.executor import ChunkExecutor
+from vla.robot.inference import AsyncInference
 from vla.robot.protocol import Robot, RobotDisconnected
 from vla.robot.report import ControlReport, summarize
 from vla.robot.shield import CLAMP_KINDS, HOLD_KINDS, SAFE_STOP, SafetyEvent, Shield, ShieldConfig, check_observation
@@ -62,20 +65,16 @@ class SafeStop(Exception):
 
 
 class ControlLoop:
-    def __init__(self, robot: Robot, policy, shield_cfg: ShieldConfig, cfg: LoopConfig, recorder=None,
+    def __init__(self, robot: Robot, policy: Policy, shield_cfg: ShieldConfig, cfg: LoopConfig, recorder=None,
                  progress: bool = False):  # fmt: skip
         self.robot, self.policy, self.cfg, self.recorder, self.progress = robot, policy, cfg, recorder, progress
         self.shield_cfg = shield_cfg
         action_dim = robot.action_features[keys.ACTION].shape[0]
         state_dim = robot.observation_features[keys.OBS_STATE].shape[0]
         self.shield = Shield(shield_cfg, action_dim, state_dim, cfg.hz)
-        k = cfg.temporal_ensemble if cfg.temporal_ensemble is not None else getattr(policy, "temporal_ensemble", 0)
-        self.schedule = ChunkSchedule(cfg.hz, float(k or 0.0))
-        steps = cfg.n_action_steps or getattr(policy, "n_action_steps", None) or 10**9
-        if cfg.mode == "async" and not hasattr(policy, "predict"):
-            raise UserError("async control needs a policy that predicts action chunks (predict); use --mode sync")
-        worker = AsyncInference if cfg.mode == "async" else SyncInference
-        self.inference = worker(policy, cfg.instruction, self.schedule, steps)
+        self.executor = ChunkExecutor(policy, cfg.hz, n_action_steps=cfg.n_action_steps,
+                                      temporal_ensemble=cfg.temporal_ensemble)  # fmt: skip
+        self.worker = AsyncInference(self.executor, cfg.instruction) if cfg.mode == "async" else None
         self.period = 1.0 / cfg.hz
         self.report = ControlReport(cfg.mode, cfg.hz)
         self.starts: list[float] = []
@@ -89,8 +88,7 @@ class ControlLoop:
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> ControlReport:
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
+        self.executor.reset()
         old_handlers, old_switch = self._install_signals(), sys.getswitchinterval()
         sys.setswitchinterval(0.001)  # the GIL changes hands within 1 ms, not 5: the tick waits less on the worker
         total = round(self.cfg.duration * self.cfg.hz) if self.cfg.duration else self.cfg.max_ticks
@@ -98,7 +96,8 @@ class ControlLoop:
         self.t0, k = time.monotonic(), 0
         try:
             self._warm_up()
-            self.inference.start()
+            if self.worker is not None:
+                self.worker.start()
             self.t0 = time.monotonic()
             while not self._should_end(k):
                 self._sleep_until(self.t0 + k * self.period)
@@ -114,7 +113,8 @@ class ControlLoop:
         except (Exception, KeyboardInterrupt) as e:
             self._safe_stop(e)
         finally:
-            self.inference.stop()
+            if self.worker is not None:
+                self.worker.stop()
             bar.close()
             sys.setswitchinterval(old_switch)
             for sig, handler in old_handlers.items():
@@ -124,20 +124,16 @@ class ControlLoop:
     def _warm_up(self) -> None:
         """Predictions on blank observations before the clock starts: first calls pay for lazy work (the
         instruction's embedding, allocator and kernel caches, the window's first slide) that would
-        otherwise overrun the first ticks. The policy is reset after."""
-        if not hasattr(self.policy, "predict"):
-            return
+        otherwise overrun the first ticks. The policy and the executor are reset after."""
         start = time.perf_counter()
         blank = {k: np.zeros(s.shape, s.dtype) for k, s in self.robot.observation_features.items()}
-        for _ in range(policy_history(self.policy) + 1):  # past a full window: the sliding path runs too
-            if hasattr(self.policy, "observe"):
-                self.policy.observe(blank, self.cfg.instruction)
-            chunk = predict_chunk(self.policy, blank, self.cfg.instruction)
+        for _ in range(self.policy.history + 1):  # past a full window: the sliding path runs too
+            self.policy.observe(blank, self.cfg.instruction)
+            chunk = np.asarray(self.policy.predict(blank, self.cfg.instruction).actions)
         if chunk.ndim != 2 or chunk.shape[1] != self.shield.action_dim:
             raise UserError(f"the policy predicts chunks of shape {chunk.shape}; the robot takes "
                             f"{self.shield.action_dim}-d actions")  # fmt: skip
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
+        self.executor.reset()
         self.report.warmup_s = round(time.perf_counter() - start, 3)
 
     def _should_end(self, k: int) -> bool:
@@ -171,8 +167,8 @@ class ControlLoop:
         k = self.report.ticks
         self.starts.append(time.monotonic())
         self.report.ticks += 1
-        if self.inference.error is not None:
-            raise SafeStop(f"policy failed: {self.inference.error!r}")
+        if self.worker is not None and self.worker.error is not None:
+            raise SafeStop(f"policy failed: {self.worker.error!r}")
         obs = self.robot.get_observation()
         state = obs.data.get(keys.OBS_STATE)
         if state is not None and np.all(np.isfinite(state)):
@@ -184,8 +180,11 @@ class ControlLoop:
             action, events = self.shield.hold(self.last_state, problems)
         else:
             self.last_obs_time = obs.time
-            self.inference.step(obs)
-            pick = self.schedule.pick(time.monotonic())
+            if self.worker is not None:
+                self.worker.step(obs)
+            else:  # sync: a slow prediction stretches this tick, and the pick below drops what it overran
+                self.executor.update(obs.data, self.cfg.instruction, obs.time, time.monotonic())
+            pick = self.executor.pick(time.monotonic())
             self.report.dropped_actions += pick.dropped
             if pick.action is None:
                 self.report.waiting_ticks += 1
@@ -280,4 +279,4 @@ class ControlLoop:
     # --- the report --------------------------------------------------------------------------------
     def _finish(self) -> ControlReport:
         self.report.duration_s = round(float(time.monotonic() - self.t0), 3)
-        return summarize(self.report, self.starts, self.period, self.inference.latencies, self.obs_to_action)
+        return summarize(self.report, self.starts, self.period, self.executor.latencies, self.obs_to_action)
