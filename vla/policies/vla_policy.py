@@ -249,4 +249,3 @@ class VLAPolicy(nn.Module):
             low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
             actions[:, -1] = torch.where(closed, high, low)
         return actions
-
