@@ -1,10 +1,11 @@
-"""Training throughput: samples/s and achieved FLOP/s against the bf16 matmul peak measured in the same run.
+"""Training throughput: samples/s and achieved FLOP/s against the matmul peak measured in the same run.
 
     python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 20] [--device cpu]
 
 FLOPs per step are counted by torch's FlopCounterMode over one forward and backward (matmuls,
-convolutions, attention); the peak is the best of large square bf16 matmuls timed here. Prints a
-table and, as its last line, one JSON object.
+convolutions, attention); the peak is the best of large square matmuls timed here, in bf16 where the
+device has it natively (as `vla train` autocasts) and in fp32 elsewhere. Prints a table and, as its
+last line, one JSON object.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import torch
 from common import make_policy, random_batch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vla.train import native_bf16
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: str, size: int, repeats: int = 10) -> float:
-    """Best FLOP/s of a (size x size) @ (size x size) bf16 matmul."""
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+def matmul_peak(device: str, size: int, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Best FLOP/s of a (size x size) @ (size x size) matmul in `dtype`."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(repeats + 2):
         sync(device)
@@ -52,13 +55,15 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (also off where bf16 is not native)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the policy")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
     args = parser.parse_args()
-    device, bf16 = args.device, not args.fp32
-    peak = matmul_peak(device, 8192 if device.startswith("cuda") else 2048)
+    # As `vla train` does: bf16 autocast only where the device computes bf16 natively.
+    device = args.device
+    bf16 = not args.fp32 and native_bf16(torch.device(device))
+    peak = matmul_peak(device, 8192 if device.startswith("cuda") else 2048, torch.bfloat16 if bf16 else torch.float32)
     policy = make_policy(
         args.preset, args.history, args.chunk, device=device, language_model=args.language_model
     ).train()
@@ -88,7 +93,7 @@ def main() -> None:
         "samples_per_s": round(args.batch / seconds, 1),
         "gflop_per_step": round(flops / 1e9, 2),
         "achieved_tflops": round(flops / seconds / 1e12, 3),
-        "peak_bf16_tflops": round(peak / 1e12, 3),
+        "peak_tflops": round(peak / 1e12, 3),
     }
     result["fraction_of_peak"] = round(flops / seconds / peak, 3)
     print(
@@ -96,7 +101,7 @@ def main() -> None:
     )
     r = result
     print(f"{args.preset:8s} {args.batch:5d} {r['step_ms']:8.1f} {r['samples_per_s']:10.1f} "
-          f"{r['achieved_tflops']:8.3f} {r['peak_bf16_tflops']:7.2f} {r['fraction_of_peak']:8.1%}")  # fmt: skip
+          f"{r['achieved_tflops']:8.3f} {r['peak_tflops']:7.2f} {r['fraction_of_peak']:8.1%}")  # fmt: skip
     print(json.dumps(result))
 
 

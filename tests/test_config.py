@@ -50,3 +50,21 @@ def test_cli_train_bad_input_is_one_line(tmp_path, capsys):
     assert err[0] == f"vla train: error: no config file {tmp_path / 'missing.yaml'}"
     assert err[1] == "vla train: error: no training stores: set data.stores in the config (a list of {path, weight})"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, wanted, used", [
+    (True, False, True, True),  # native bf16: autocast as asked
+    (False, True, True, True),
+    (False, False, True, False),  # emulated bf16 is slower than fp32: train in fp32, with a warning
+    (True, True, False, False),  # not asked for
+])  # fmt: skip
+def test_bf16_autocast_only_where_the_cpu_has_it(monkeypatch, caplog, amx, avx512_bf16, wanted, used):
+    import torch
+
+    from vla.train import use_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    cfg = load_config(overrides=[f"train.bf16={str(wanted).lower()}"])
+    assert use_bf16(cfg, torch.device("cpu")) is used
+    assert ("no native bfloat16" in caplog.text) == (wanted and not used)

@@ -72,7 +72,7 @@ class TrainConfig:
     min_lr_ratio: float = option(0.1, min=0.0, max=1.0, help="cosine decays to lr * this")
     grad_clip: float = option(1.0, gt=0.0, help="gradient norm clip")
     ema_decay: float = option(0.999, min=0.0, max=0.99999, help="0 disables EMA; checkpoints carry the EMA weights")
-    bf16: bool = option(True, help="autocast matmuls to bfloat16 (CPU and GPU)")
+    bf16: bool = option(True, help="autocast matmuls to bfloat16 where the device has it natively (CUDA, AMX)")
     seed: int = option(0, min=0, help="the same seed gives the same run")
     device: str = option("auto", help="auto: cuda when available, else cpu; or a torch device (cpu, cuda:1)")
     log_every: int = option(10, min=1, help="steps between training-metric lines")

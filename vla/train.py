@@ -174,6 +174,29 @@ def _device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
+    AVX512-BF16. Elsewhere torch emulates bf16 and autocast slows training instead of speeding it up
+    (measured on an AMD EPYC without AVX-512: a 512x512 bf16 matmul 250 ms, fp32 6.4 ms, one thread)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        flags = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID checks
+        return any(getattr(torch.cpu, name, lambda: False)() for name in flags)
+    return True  # other backends (mps, xpu): trust autocast
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """`train.bf16` where the device computes bf16 natively; fp32 (with a warning) where it would only emulate it."""
+    if not cfg.train.bf16:
+        return False
+    if not native_bf16(device):
+        log.warning("train.bf16: %s has no native bfloat16 (no AMX or AVX512-BF16): training in float32, "
+                    "which is faster here", device)  # fmt: skip
+        return False
+    return True
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():
@@ -224,7 +247,8 @@ def train(
     logger = MetricLogger(out, enabled=rank == 0)
     stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    bf16 = use_bf16(cfg, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     tick = time.perf_counter()
     last = min(cfg.train.steps, stop_at or cfg.train.steps)
     while step < last:
@@ -243,7 +267,7 @@ def train(
                                        "samples_per_s": rate, **metrics})  # fmt: skip
             tick = time.perf_counter()
         if val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-            result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device)
+            result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device, bf16)
             logger.log(step, "val", {"loss": result.val_loss})
         evaluate_now = cfg.train.eval.suite and (
             step == last or (cfg.train.eval.every and step % cfg.train.eval.every == 0)
@@ -291,7 +315,7 @@ def optimizer_step(cfg: Config, model, stream, opt, sched, autocast):
 
 
 @torch.no_grad()
-def validate(cfg: Config, weights: dict, stats, val_sets: list, device, max_batches: int = 20) -> float:
+def validate(cfg: Config, weights: dict, stats, val_sets: list, device, bf16: bool, max_batches: int = 20) -> float:
     """Mean loss of the (EMA) weights over up to `max_batches` validation batches per store, in a fixed
     order (each batch from one store, as in training)."""
     with torch.random.fork_rng():  # building a model draws random numbers: keep the training stream intact
@@ -301,7 +325,7 @@ def validate(cfg: Config, weights: dict, stats, val_sets: list, device, max_batc
     for val_set in val_sets:
         plan = np.array_split(np.arange(len(val_set)), max(1, len(val_set) // cfg.train.batch_size))[:max_batches]
         loader = DataLoader(val_set, batch_sampler=[p.tolist() for p in plan], collate_fn=collate)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             losses += [float(policy(batch)[0]) for batch in loader]
     return float(np.mean(losses))
 
