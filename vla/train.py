@@ -233,14 +233,7 @@ def train(
     opt, sched = make_optimizer(policy, cfg)
     ema = EMA(policy, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     step, epoch, start = restore(out, policy, opt, sched, ema) if resume else (0, 0, 0)
-    model = policy
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            # Unused parameters are the rule, not a bug: a video batch never reaches the action head.
-            policy,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+    model = _data_parallel(policy, device) if world > 1 else policy
     out.mkdir(parents=True, exist_ok=True)
     if result.init_report and rank == 0:
         (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
@@ -281,6 +274,12 @@ def train(
     bar.close()
     logger.close()
     return result
+
+
+def _data_parallel(policy: VLAPolicy, device: torch.device) -> torch.nn.Module:
+    # Unused parameters are the rule, not a bug: a video batch never reaches the action head.
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(policy, device_ids=device_ids, find_unused_parameters=True)
 
 
 def restore(out: Path, policy, opt, sched, ema: EMA | None) -> tuple[int, int, int]:
