@@ -2,6 +2,7 @@
 it, and one-line errors for damaged files."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -103,3 +104,20 @@ def test_loss_weights_come_from_the_config():
     keep, closed = torch.ones(3, 4, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool)
     loss, metrics = policy.model.action_head.loss(act, target, keep, closed)
     torch.testing.assert_close(loss, metrics["loss_arm"])  # the gripper term weighs nothing
+
+
+def test_a_policy_without_an_action_head_is_refused_where_it_must_act(tmp_path, capsys):
+    video_features = {k: v for k, v in FEATURES.items() if keys.is_image_key(k)}  # what video pretraining sees
+    config = PolicyConfig(**with_preset(dict(preset="tiny", features=video_features, history=2, chunk=4)))
+    checkpoint.save_policy(VLAPolicy(config), tmp_path / "pre")
+    assert checkpoint.load_policy(tmp_path / "pre").model.action_head is None  # it still foresees
+    message = "this checkpoint has no action head (pretrained on video/image-text); finetune it with vla train"
+    with pytest.raises(UserError, match=re.escape(message)):
+        checkpoint.load_policy(tmp_path / "pre", acting=True)
+    out = tmp_path / "eval"
+    assert main(["eval", "--policy", str(tmp_path / "pre"), "--tasks", "reach-v3", "--out", str(out)]) == 2
+    assert main(["foresight", "--policy", str(tmp_path / "pre"), "--suite", "metaworld", "--tasks", "reach-v3",
+                 "--out", str(tmp_path / "fs")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(message in line for line in err)
+    assert not out.exists() and not (tmp_path / "fs").exists()

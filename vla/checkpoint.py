@@ -95,9 +95,11 @@ def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, foresee: bool = True,
-                streaming: bool = True):  # fmt: skip
+                streaming: bool = True, acting: bool = False):  # fmt: skip
     """A `VLAPolicy` in eval mode from a checkpoint directory or a run directory (its latest checkpoint).
-    foresee/streaming: see `VLAPolicy`. Raises UserError for a missing, corrupt or mismatched checkpoint."""
+    foresee/streaming: see `VLAPolicy`; acting: the caller will execute its actions, so a policy without an
+    action head (pretrained on video or image-text alone) is refused. Raises UserError for a missing,
+    corrupt or mismatched checkpoint."""
     from vla.policies.vla_policy import VLAPolicy
 
     config = load_policy_config(directory)
@@ -110,6 +112,9 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"{resolve(directory) / WEIGHTS} does not fit its {POLICY_CONFIG}: {first}") from None
+    if acting and policy.model.action_head is None:
+        raise UserError(f"{directory}: this checkpoint has no action head (pretrained on video/image-text); "
+                        "finetune it with vla train --init-from")  # fmt: skip
     return policy.to(device).eval()
 
 

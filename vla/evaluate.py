@@ -234,7 +234,7 @@ def load_checkpoint(path: str):
             f"--policy {path!r} is neither {' nor '.join(BASELINES)} nor a checkpoint directory "
             f"(no {' + '.join(CHECKPOINT_FILES)} in it or in its checkpoint/)"
         ) from None
-    return load_policy(path)
+    return load_policy(path, acting=True)
 
 
 def _env_shape(cfg: EvalConfig, suite, features: dict | None) -> tuple[int, tuple[str, ...]]:

@@ -27,12 +27,6 @@ from vla.viz import ForesightRun, run_foresight, write_media
 log = logging.getLogger(__name__)
 
 
-def _policy(path: str):
-    from vla.checkpoint import load_policy
-
-    return load_policy(path)
-
-
 class Replanning:
     """An `act` that re-plans at every step (the chunk executor with n_action_steps 1, no ensembling), so
     every frame has its foresight."""
@@ -108,7 +102,9 @@ def foresight(
     """Write media and metrics per task (suite mode) or for one stored episode; returns their summaries."""
     if (suite is None) == (store is None):
         raise UserError("give either --suite and --tasks, or --store and --episode")
-    policy = _policy(policy_path)
+    from vla.checkpoint import load_policy
+
+    policy = load_policy(policy_path, acting=store is None)  # a rollout acts; replaying a store does not
     summaries = []
     if store is not None:
         runs = [(f"episode-{episode}", *replay(policy, store, episode))]

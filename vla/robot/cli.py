@@ -75,7 +75,7 @@ def load_policy(spec: str):
         raise UserError(f"--policy {spec!r} is neither zero nor a checkpoint directory (no policy.yaml + "
                         "model.safetensors in it or in its checkpoint/)") from None  # fmt: skip
     # The loop needs actions; decoding foreseen frames would only add latency.
-    return load_policy(spec, foresee=False)
+    return load_policy(spec, foresee=False, acting=True)
 
 
 def _policy_features(policy) -> dict[str, keys.Spec] | None:
