@@ -72,3 +72,11 @@ def test_vla_foresight_writes_decodable_media(metaworld_store, tmp_path, capsys)
         assert iio.imread(out / name / "grid.png").shape[1] == video.shape[2]
         assert len(iio.imread(out / name / "foresight.gif", index=None)) == -(-n // 8)  # 80 Hz -> every 8th frame
     assert main(["foresight", "--policy", str(run), "--out", str(out)]) == 2  # neither a suite nor a store
+    capsys.readouterr()
+    for episode in ("999", "-1"):
+        assert main(["foresight", "--policy", str(run), "--store", str(metaworld_store), "--episode", episode,
+                     "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vla foresight: error: episode {e} is out of range: {metaworld_store} has 4 episodes"
+                   for e in (999, -1)]  # fmt: skip
+    assert not (tmp_path / "bad").exists()

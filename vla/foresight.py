@@ -82,6 +82,8 @@ def replay(policy, store_path: str, episode: int) -> tuple[ForesightRun, float]:
     missing = [k for k in policy.features if k != keys.ACTION and k not in store.specs]
     if missing:
         raise UserError(f"{store_path} lacks {', '.join(missing)}, which the policy reads")
+    if not 0 <= episode < store.num_episodes:
+        raise UserError(f"episode {episode} is out of range: {store_path} has {store.num_episodes} episodes")
     data = store.episode(episode, [k for k in policy.features if k != keys.ACTION])
     steps = len(next(iter(data.values())))
     observations = ({k: v[t] for k, v in data.items()} for t in range(steps))
