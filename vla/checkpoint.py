@@ -20,7 +20,6 @@ aside first and removed last, so a crash at any point leaves a complete checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import shutil
 from pathlib import Path
@@ -102,6 +101,7 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
     corrupt or mismatched checkpoint."""
     from vla.policies.vla_policy import VLAPolicy
 
+    directory = resolve(directory)
     config = load_policy_config(directory)
     weights = load_weights(directory)
     policy = VLAPolicy(config, foresee=foresee, streaming=streaming)
@@ -111,7 +111,7 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
         policy.load_state_dict(weights)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise UserError(f"{resolve(directory) / WEIGHTS} does not fit its {POLICY_CONFIG}: {first}") from None
+        raise UserError(f"{directory / WEIGHTS} does not fit its {POLICY_CONFIG}: {first}") from None
     if acting and policy.model.action_head is None:
         raise UserError(f"{directory}: this checkpoint has no action head (pretrained on video/image-text); "
                         "finetune it with vla train --init-from")  # fmt: skip
@@ -122,7 +122,7 @@ def save_policy(policy, directory: str | Path, weights: dict[str, torch.Tensor] 
     """Write `policy.yaml` and `model.safetensors` (the policy's own weights, or `weights`, e.g. an EMA copy)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / POLICY_CONFIG).write_text(yaml.safe_dump(dataclasses.asdict(policy.config), sort_keys=False))
+    save_config(policy.config, directory / POLICY_CONFIG)
     weights = policy.state_dict() if weights is None else weights
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, directory / WEIGHTS)
 

@@ -19,7 +19,7 @@ import yaml
 
 from vla.errors import UserError
 from vla.options import check_fields, option
-from vla.policies.config import LEGACY_KEYS, PolicyConfig, with_preset
+from vla.policies.config import PolicyConfig, legacy_keys, with_preset
 
 # --- data -----------------------------------------------------------------------------------------
 
@@ -153,13 +153,8 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """A Config from a YAML file (or defaults) with `section.field=value` overrides applied."""
     tree = read_tree(path, overrides)
-    for old, new in LEGACY_KEYS.items():  # a key that moved is named with its new place, not "unknown"
-        *parents, leaf = old.split(".")
-        node = tree
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            raise UserError(f"config field {old} is now {new} (the policy's settings live in the policy section)")
+    for old, new, _, _ in legacy_keys(tree):  # a key that moved is named with its new place, not "unknown"
+        raise UserError(f"config field {old} is now {new} (the policy's settings live in the policy section)")
     return config_from_tree(tree)
 
 
@@ -194,5 +189,6 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def save_config(cfg, path: str | Path) -> None:
+    """Any config dataclass (the run's `Config`, a `PolicyConfig`) as YAML."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -44,7 +44,7 @@ from vla.errors import UserError
 from vla.eval_config import BASELINES, EvalConfig
 from vla.eval_report import build_report, video_frame, write_report, write_video
 from vla.policies.base import ExpertPolicy, Policy, Prediction, ZeroPolicy
-from vla.policies.executor import ChunkExecutor
+from vla.policies.executor import StepClockAct
 from vla.viz import ForesightTracker
 
 log = logging.getLogger(__name__)
@@ -99,21 +99,6 @@ class EpisodeResult:
 
 
 # --- one episode -------------------------------------------------------------------------------
-class StepClockAct:
-    """The chunk executor on its step clock as a rollout's `act`: one tick per policy step (held latency
-    steps are not ticks), and the Prediction behind the latest action (None before the first)."""
-
-    def __init__(self, policy: Policy):
-        self.executor = ChunkExecutor(policy)  # resets the policy
-        self.ticks, self.latest = 0, None
-
-    def __call__(self, obs: dict, instruction: str) -> np.ndarray:
-        action, prediction = self.executor.act(obs, instruction, tick=self.ticks)
-        self.ticks += 1
-        self.latest = prediction or self.latest
-        return action
-
-
 class EvalObserver(Observer):
     """What `vla eval` watches in a rollout: foresight against what came true and, if `record`, video frames.
 

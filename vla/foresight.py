@@ -3,9 +3,9 @@
     vla foresight --policy runs/quickstart/policy --suite metaworld --tasks drawer-close-v3 --out runs/fs
     vla foresight --policy runs/quickstart/policy --store runs/quickstart/demos.zarr --episode 3 --out runs/fs
 
-In a suite the policy re-plans every step (`Replanning`: the first action of each predicted chunk is
-executed, in the one rollout loop `vla.envs.rollout`) so every frame has its foresight; a stored
-episode is replayed observation by observation.
+In a suite the policy re-plans every step (the chunk executor with n_action_steps 1: the first action
+of each predicted chunk is executed, in the one rollout loop `vla.envs.rollout`) so every frame has its
+foresight; a stored episode is replayed observation by observation.
 """
 
 from __future__ import annotations
@@ -21,31 +21,16 @@ from vla.datasets.store import TrajectoryStore
 from vla.envs import rollout as env_rollout
 from vla.errors import UserError
 from vla.policies.base import Prediction
-from vla.policies.executor import ChunkExecutor
+from vla.policies.executor import StepClockAct
 from vla.viz import ForesightRun, run_foresight, write_media
 
 log = logging.getLogger(__name__)
 
 
-class Replanning:
-    """An `act` that re-plans at every step (the chunk executor with n_action_steps 1, no ensembling), so
-    every frame has its foresight."""
-
-    def __init__(self, policy):
-        self.executor = ChunkExecutor(policy, n_action_steps=1, temporal_ensemble=0.0)  # resets the policy
-        self.ticks = 0
-        self.prediction: Prediction | None = None  # behind the latest action
-
-    def __call__(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
-        action, self.prediction = self.executor.act(obs, instruction, self.ticks)
-        self.ticks += 1
-        return action
-
-
 class ForesightRecorder(env_rollout.Observer):
     """Builds a `ForesightRun` from a rollout: per step the observation and the prediction behind the action.
 
-    `prediction()` gives that Prediction; the act must predict at every step (`Replanning`)."""
+    `prediction()` gives that Prediction; the act must predict at every step."""
 
     def __init__(self, offset: int, prediction: Callable[[], Prediction | None]):
         self.offset, self.prediction = offset, prediction
@@ -67,9 +52,9 @@ def rollout(policy, suite_name: str, task: str, seed: int, max_steps: int, split
     env = suite.make_env(task, image_size=policy.features[image_keys[0]].shape[0], cameras=cameras, split=split)
     try:
         offset = policy.config.foresight_offset
-        act = Replanning(policy)
-        recorder = ForesightRecorder(offset, lambda: act.prediction)
-        policy.reset()
+        # Re-plan at every step, so every frame has its foresight (building the act resets the policy).
+        act = StepClockAct(policy, n_action_steps=1, temporal_ensemble=0.0)
+        recorder = ForesightRecorder(offset, lambda: act.latest)
         env_rollout.rollout(env, act, seed, max_steps, offset + 5, [recorder])
         return recorder.run, env.unwrapped.fps
     finally:

@@ -46,6 +46,7 @@ from metaworld.policies import ENV_POLICY_MAP
 from vla import keys
 from vla.envs.meta_world_instructions import INSTRUCTIONS
 from vla.envs.render import make_renderer
+from vla.envs.suite import check_image_size
 from vla.errors import UserError, choice_error
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,6 @@ def _check_cameras(cameras: tuple[str, ...]) -> None:
             raise choice_error("metaworld camera", cam, CAMERAS)
 
 
-def _check_image_size(image_size: int) -> None:
-    low, high = keys.MIN_IMAGE_SIZE, keys.MAX_IMAGE_SIZE
-    if not isinstance(image_size, int | np.integer) or not low <= image_size <= high:
-        raise UserError(f"image_size must be an integer in [{low}, {high}], got {image_size!r}")
-
-
 class MetaWorldEnv(gym.Env):
     """One Meta-World v3 task in raw units: upright camera images, end-effector state, metre actions."""
 
@@ -112,7 +107,7 @@ class MetaWorldEnv(gym.Env):
         _check_task(task)
         cameras = DEFAULT_CAMERAS if cameras is None else tuple(cameras)
         _check_cameras(cameras)
-        _check_image_size(image_size)
+        check_image_size(image_size)
         if max_episode_steps is None:
             max_episode_steps = DEFAULT_MAX_EPISODE_STEPS
         if max_episode_steps < 1:

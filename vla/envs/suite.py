@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from vla import keys
+from vla.errors import UserError
 
 
 class Expert(Protocol):
@@ -59,3 +60,11 @@ class Suite(Protocol):
     ) -> gym.Env: ...
 
     def make_expert(self, env: gym.Env) -> Expert: ...
+
+
+def check_image_size(image_size) -> None:
+    """Raise UserError unless `image_size` is an integer in [keys.MIN_IMAGE_SIZE, keys.MAX_IMAGE_SIZE]:
+    every suite's env checks its frames' side here."""
+    low, high = keys.MIN_IMAGE_SIZE, keys.MAX_IMAGE_SIZE
+    if not isinstance(image_size, int | np.integer) or not low <= image_size <= high:
+        raise UserError(f"image_size must be an integer in [{low}, {high}], got {image_size!r}")

@@ -125,17 +125,23 @@ LEGACY_KEYS: dict[str, str] = {
 }
 
 
-def migrate_legacy(tree: dict) -> dict:
-    """A run config tree written before the policy contract -> today's layout (checkpoints from this
-    repository keep loading). Trees without the old keys come back unchanged."""
-    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+def legacy_keys(tree: dict):
+    """(old key, its new key, the section dict holding it, the field name) for each old key in `tree`."""
     for old, new in LEGACY_KEYS.items():
         *parents, leaf = old.split(".")
         node = tree
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
-            tree.setdefault("policy", {})[new.split(".", 1)[1]] = node.pop(leaf)
+            yield old, new, node, leaf
+
+
+def migrate_legacy(tree: dict) -> dict:
+    """A run config tree written before the policy contract -> today's layout (checkpoints from this
+    repository keep loading). Trees without the old keys come back unchanged."""
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for _, new, node, leaf in list(legacy_keys(tree)):
+        tree.setdefault("policy", {})[new.split(".", 1)[1]] = node.pop(leaf)
     if tree.get("model") == {}:
         del tree["model"]
     return tree

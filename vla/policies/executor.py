@@ -156,3 +156,20 @@ class ChunkExecutor:
         if action is None:
             raise ValueError(f"the policy predicted an empty chunk at tick {tick}: it has no action head")
         return action, prediction
+
+
+class StepClockAct:
+    """A `ChunkExecutor` on its step clock as an `act(obs, instruction) -> action` for the rollout loop
+    (`vla.envs.rollout`): one tick per call (held latency steps are not ticks), and `latest`, the
+    Prediction behind the latest action (None before the first). `overrides`: the executor's
+    n_action_steps / temporal_ensemble; building one resets the policy."""
+
+    def __init__(self, policy: Policy, **overrides):
+        self.executor = ChunkExecutor(policy, **overrides)
+        self.ticks, self.latest = 0, None
+
+    def __call__(self, obs: dict, instruction: str) -> np.ndarray:
+        action, prediction = self.executor.act(obs, instruction, tick=self.ticks)
+        self.ticks += 1
+        self.latest = prediction or self.latest
+        return action

@@ -12,6 +12,7 @@ import numpy as np
 
 from vla import keys
 from vla.envs.render import make_renderer
+from vla.envs.suite import check_image_size
 from vla.envs.tabletop import chains, splits
 from vla.envs.tabletop.episodes import BODY_OF, KIND_OF, EpisodeSpec, Subtask, sample_episode
 from vla.envs.tabletop.scene import (
@@ -72,10 +73,7 @@ class TabletopEnv(gym.Env):
                 raise choice_error("tabletop camera", cam, CAMERAS)
         if split not in splits.SPLITS:
             raise choice_error("tabletop split", split, splits.SPLITS)
-        if not isinstance(image_size, int | np.integer) or not keys.MIN_IMAGE_SIZE <= image_size <= keys.MAX_IMAGE_SIZE:
-            raise UserError(
-                f"image_size must be an integer in [{keys.MIN_IMAGE_SIZE}, {keys.MAX_IMAGE_SIZE}], got {image_size!r}"
-            )
+        check_image_size(image_size)
         if render_mode not in (None, "rgb_array"):
             raise choice_error("render mode", render_mode, self.metadata["render_modes"])
         if chain_length < 1 or subtask_steps < 1:
