@@ -36,8 +36,9 @@ def random_observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def random_batch(batch_size: int, history: int, chunk: int, seed: int = 0) -> dict:
-    """A collated training batch of the sampler's shapes (random content: the cost does not depend on it)."""
+def random_batch(batch_size: int, history: int, chunk: int, seed: int = 0, horizons: int = 1) -> dict:
+    """A collated training batch of the sampler's shapes, the last step supervised, `horizons` future frames
+    (random content: the cost does not depend on it)."""
     g = torch.Generator().manual_seed(seed)
     future = keys.future_key(CAMERA)
     return {
@@ -47,7 +48,7 @@ def random_batch(batch_size: int, history: int, chunk: int, seed: int = 0) -> di
         keys.pad_key(keys.OBS_STATE): torch.zeros(batch_size, history, dtype=torch.bool),
         keys.ACTION: torch.randn(batch_size, chunk, 4, generator=g),
         keys.pad_key(keys.ACTION): torch.zeros(batch_size, chunk, dtype=torch.bool),
-        future: torch.randint(0, 256, (batch_size, 64, 64, 3), generator=g, dtype=torch.uint8),
-        keys.pad_key(future): torch.zeros(batch_size, dtype=torch.bool),
+        future: torch.randint(0, 256, (batch_size, horizons, 64, 64, 3), generator=g, dtype=torch.uint8),
+        keys.pad_key(future): torch.zeros(batch_size, horizons, dtype=torch.bool),
         keys.INSTRUCTION: ["press the button from the top"] * batch_size,
     }

@@ -29,7 +29,7 @@ from vla import keys
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.store import TrajectoryStore
 
-WINDOW = WindowSpec(history=4, chunk=10, foresight_offset=3)
+WINDOW = WindowSpec(history=4, chunk=10, foresight_offsets=(3,))
 BATCH = 32
 
 

@@ -57,14 +57,14 @@ def _evaluate(args, policy: str, name: str, baseline: str | None = None) -> dict
 
 def _summary(report: dict) -> dict:
     tasks = report["tasks"]
-    foresight = [t["foresight"] for t in tasks.values() if t.get("foresight")]
+    foresight = [next(iter(t["foresight"].values())) for t in tasks.values() if t.get("foresight")]  # nearest
     mean = report["means"][0]
     return {
         "success": mean["success_rate"],
         "ci95": mean["ci95"],
         "per_task": {t: s["success_rate"] for t, s in tasks.items()},
         "foresight_psnr": sum(f["psnr"] for f in foresight) / max(1, len(foresight)),
-        "copy_last_psnr": sum(f["baseline_psnr"] for f in foresight) / max(1, len(foresight)),
+        "copy_last_psnr": sum(f["copy_psnr"] for f in foresight) / max(1, len(foresight)),
         "foresight_ssim": sum(f["ssim"] for f in foresight) / max(1, len(foresight)),
     }
 

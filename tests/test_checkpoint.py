@@ -47,7 +47,10 @@ def test_a_policy_directory_is_its_config_and_weights(tmp_path):
 def _legacy_tree(policy: VLAPolicy) -> dict:
     """The run config as checkpoints wrote it before the policy contract: model / data / train / features."""
     fields = dataclasses.asdict(policy.config)
-    window = {k: fields.pop(k) for k in ("history", "chunk", "foresight_offset")}
+    window = {k: fields.pop(k) for k in ("history", "chunk")}
+    (window["foresight_offset"],) = fields.pop("foresight_offsets")  # one horizon then
+    for name in ("foresight_decoder", "every_step_loss"):  # the MAE-style decoder, the last step supervised
+        fields.pop(name)
     execution = {k: fields.pop(k) for k in ("n_action_steps", "temporal_ensemble", "action_weight",
                                               "foresight_weight", "text_weight")}  # fmt: skip
     features = fields.pop("features")
@@ -58,7 +61,7 @@ def _legacy_tree(policy: VLAPolicy) -> dict:
 
 
 def test_checkpoints_from_before_the_policy_contract_still_load(tmp_path):
-    policy = tiny_policy(n_action_steps=2)
+    policy = tiny_policy(n_action_steps=2, foresight_decoder="mae")
     old = tmp_path / "run" / "checkpoint"
     old.mkdir(parents=True)
     (old / "config.yaml").write_text(yaml.safe_dump(_legacy_tree(policy), sort_keys=False))
@@ -72,8 +75,24 @@ def test_checkpoints_from_before_the_policy_contract_still_load(tmp_path):
 
 
 def test_migrating_a_current_tree_changes_nothing():
-    tree = {"policy": {"preset": "tiny", "history": 2}, "data": {"stores": []}, "train": {"steps": 3}}
+    policy = {"preset": "tiny", "history": 2, "foresight_offsets": [3, 10], "foresight_decoder": "residual",
+              "every_step_loss": True}  # fmt: skip
+    tree = {"policy": policy, "data": {"stores": []}, "train": {"steps": 3}}
     assert migrate_legacy(tree) == tree
+
+
+def test_a_policy_yaml_from_before_the_residual_decoder_loads_as_mae(tmp_path):
+    policy = tiny_policy(foresight_decoder="mae")
+    checkpoint.save_policy(policy, tmp_path / "p")
+    tree = yaml.safe_load((tmp_path / "p" / "policy.yaml").read_text())
+    (tree["foresight_offset"],) = tree.pop("foresight_offsets")
+    del tree["foresight_decoder"], tree["every_step_loss"]
+    (tmp_path / "p" / "policy.yaml").write_text(yaml.safe_dump(tree))
+    loaded = checkpoint.load_policy(tmp_path / "p")
+    assert loaded.config == policy.config
+    obs = observation(2)
+    np.testing.assert_array_equal(policy.predict(obs, "go").foresight[3][keys.image_key("front")],
+                                  loaded.predict(obs, "go").foresight[3][keys.image_key("front")])  # fmt: skip
 
 
 def test_a_truncated_weights_file_is_one_line_naming_it(tmp_path, capsys):
@@ -97,7 +116,7 @@ def test_weights_of_another_shape_are_one_line(tmp_path):
 
 
 def test_loss_weights_come_from_the_config():
-    policy = tiny_policy(gripper_weight=0.0, foresight_stats_weight=0.0)
+    policy = tiny_policy(gripper_weight=0.0, foresight_stats_weight=0.0, foresight_decoder="mae")
     assert policy.model.action_head.gripper_weight == 0.0
     assert all(d.stats_weight == 0.0 for d in policy.model.foresight.values())
     act, target = torch.randn(3, policy.config.d_model), torch.randn(3, 4, 4)

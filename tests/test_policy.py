@@ -40,7 +40,7 @@ def test_normalizer_round_trip(metaworld_store):
 
 def test_tiny_model_overfits_one_batch(metaworld_store, tmp_path):
     policy, store = make_policy(metaworld_store, tmp_path)
-    window = WindowSpec(3, 4, 2)
+    window = WindowSpec(3, 4, (2,))
     ds = WindowDataset(store, window)
     batch = collate([ds[i] for i in range(0, len(ds), max(1, len(ds) // 8))][:8])
     opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
@@ -52,7 +52,8 @@ def test_tiny_model_overfits_one_batch(metaworld_store, tmp_path):
         opt.step()
         first = first if first is not None else metrics
     assert metrics["loss_arm"] < 0.25 * first["loss_arm"]
-    assert metrics["loss_foresight"] < 0.5 * first["loss_foresight"]
+    assert first["loss_foresight"] == pytest.approx(1.0)  # the residual decoder starts as copy-last
+    assert metrics["loss_foresight"] < 0.85  # and learns to beat it on this batch
 
 
 def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
@@ -70,7 +71,7 @@ def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
         if prediction is not None:
             predicted_at.append(t)
             assert prediction.actions.shape == (4, 4)
-            assert prediction.foresight[keys.image_key("corner")].shape == (32, 32, 3)
+            assert prediction.foresight[2][keys.image_key("corner")].shape == (32, 32, 3)  # 2 steps ahead
     assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 5 > 4)
 
 
@@ -113,8 +114,10 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["tasks"]["reach-v3"]["episodes"] == 1
-    foresight = report["tasks"]["reach-v3"]["foresight"]  # the foreseen frame, scored when its step came
-    assert set(foresight) == {"psnr", "ssim", "baseline_psnr", "baseline_ssim"} and foresight["psnr"] > 0
+    foresight = report["tasks"]["reach-v3"]["foresight"]  # the foreseen frames, scored when their step came
+    assert list(foresight) == ["3"]  # the horizon, in steps
+    assert foresight["3"]["ms"] == 37.5 and foresight["3"]["psnr"] > 0 and foresight["3"]["frames"] > 0
+    assert {"copy_psnr", "gain_db", "changed_psnr", "copy_changed_psnr", "changed_gain_db"} <= set(foresight["3"])
 
 
 @pytest.mark.slow
@@ -126,7 +129,7 @@ def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
     cfg.policy.features = {k: s.to_json() for k, s in store.specs.items()}
     torch.manual_seed(0)
     policy = VLAPolicy(cfg.policy, get_stats(store))
-    ds = WindowDataset(store, WindowSpec(3, 4, 2))
+    ds = WindowDataset(store, WindowSpec(3, 4, (2,)))
     batch = collate([ds[i] for i in range(0, 64, 8)])
     opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
 

@@ -16,7 +16,7 @@ from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError
 
-WINDOW = WindowSpec(history=3, chunk=4, foresight_offset=2)
+WINDOW = WindowSpec(history=3, chunk=4, foresight_offsets=(2,))
 
 # Episode 0 has 5 steps (0..4). Per anchor step: (observation steps, obs pads, action steps, action pads,
 # future step, future pad), written out by hand.
@@ -42,9 +42,40 @@ def test_windows_match_truth_table(small_store, cache_bytes):
         np.testing.assert_array_equal(item[keys.pad_key(CAMERA)], np.array(obs_pad, bool))
         np.testing.assert_array_equal(item[keys.ACTION][:, 1], np.array(act) + 100)
         np.testing.assert_array_equal(item[keys.pad_key(keys.ACTION)], np.array(act_pad, bool))
-        assert item[keys.future_key(CAMERA)][0, 0, 1] == fut
-        assert bool(item[keys.pad_key(keys.future_key(CAMERA))]) == bool(fut_pad)
+        assert item[keys.future_key(CAMERA)].shape == (1, 8, 8, 3)  # one horizon
+        assert item[keys.future_key(CAMERA)][0, 0, 0, 1] == fut
+        assert item[keys.pad_key(keys.future_key(CAMERA))].tolist() == [bool(fut_pad)]
         assert item[keys.INSTRUCTION] == "do thing 0"
+
+
+# Every step supervised, horizons 1 and 2 steps, episode 0 (steps 0..4): per anchor and window step s,
+# the action steps with their pads and the future steps with theirs, written out by hand.
+EVERY_STEP = WindowSpec(history=3, chunk=4, foresight_offsets=(1, 2), every_step=True)
+EVERY_STEP_TRUTH = {
+    1: {  # window steps -1 (padded), 0, 1
+        "action": [[0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4]],
+        "action_pad": [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+        "future": [[0, 1], [1, 2], [2, 3]],
+        "future_pad": [[0, 0], [0, 0], [0, 0]],
+    },
+    4: {  # window steps 2, 3, 4
+        "action": [[2, 3, 4, 4], [3, 4, 4, 4], [4, 4, 4, 4]],
+        "action_pad": [[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1]],
+        "future": [[3, 4], [4, 4], [4, 4]],
+        "future_pad": [[0, 0], [0, 1], [1, 1]],
+    },
+}
+
+
+def test_every_step_windows_match_truth_table(small_store):
+    ds = WindowDataset(str(small_store), EVERY_STEP, episodes=np.array([0]))
+    for t, truth in EVERY_STEP_TRUTH.items():
+        item = ds[t]
+        assert item[keys.ACTION].shape == (3, 4, 4) and item[keys.future_key(CAMERA)].shape == (3, 2, 8, 8, 3)
+        np.testing.assert_array_equal(item[keys.ACTION][..., 1], np.array(truth["action"]) + 100)
+        np.testing.assert_array_equal(item[keys.pad_key(keys.ACTION)], np.array(truth["action_pad"], bool))
+        np.testing.assert_array_equal(item[keys.future_key(CAMERA)][..., 0, 0, 1], truth["future"])
+        np.testing.assert_array_equal(item[keys.pad_key(keys.future_key(CAMERA))], np.array(truth["future_pad"], bool))
 
 
 def test_windows_never_cross_episodes(small_store):
@@ -54,7 +85,7 @@ def test_windows_never_cross_episodes(small_store):
         episode = item["episode_index"]
         assert (item[keys.OBS_STATE][:, 0] == episode).all()
         assert (item[keys.ACTION][:, 0] == episode + 100).all()
-        assert item[keys.future_key(CAMERA)][0, 0, 0] == episode
+        assert (item[keys.future_key(CAMERA)][:, 0, 0, 0] == episode).all()
 
 
 def test_split_is_disjoint_and_deterministic():

@@ -61,7 +61,7 @@ def load_policy_config(directory: str | Path) -> PolicyConfig:
     directory = resolve(directory)
     if (directory / POLICY_CONFIG).is_file():
         tree = _read_yaml(directory / POLICY_CONFIG)
-        return config_from_tree({"policy": tree}).policy
+        return config_from_tree(migrate_legacy({"policy": tree})).policy
     return load_run_config(directory).policy
 
 

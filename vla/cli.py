@@ -68,13 +68,14 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _foresight(args: argparse.Namespace) -> int:
     from vla.foresight import foresight
+    from vla.viz import foresight_table
 
-    for summary in foresight(args.policy, args.out, args.suite, args.tasks, args.store, args.episode, args.seed,
-                             args.max_steps):  # fmt: skip
-        m = summary["mean"]
-        print(f"{summary['name']}: \"{summary['instruction']}\", {summary['steps']} steps; foresight PSNR "
-              f"{m['psnr']:.2f} dB (copy-last {m['baseline_psnr']:.2f}), SSIM {m['ssim']:.3f} "
-              f"(copy-last {m['baseline_ssim']:.3f}); {summary['paths']['foresight.mp4']}")  # fmt: skip
+    summaries = foresight(args.policy, args.out, args.suite, args.tasks, args.store, args.episode, args.seed,
+                          args.max_steps)  # fmt: skip
+    for s in summaries:
+        print(f'{s["name"]}: "{s["instruction"]}", {s["steps"]} steps; {s["paths"]["foresight.mp4"]}')
+    print("\n".join(["", "Foresight against copying the last frame (PSNR and gains in dB):", "",
+                      *foresight_table([(s["name"], s["horizons"]) for s in summaries], "run")]))  # fmt: skip
     return 0
 
 

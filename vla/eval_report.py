@@ -17,7 +17,7 @@ import numpy as np
 
 from vla import keys
 from vla.policies.base import Prediction
-from vla.viz import mean_scores
+from vla.viz import CHANGE_LEVELS, add_totals, foresight_table, summarise_horizons
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,19 @@ def _task_stats(episodes: list[dict]) -> dict:
     to_success = [e["steps_to_success"] for e in episodes if e["success"]]
     stats["mean_steps"] = float(np.mean([e["steps"] for e in episodes]))
     stats["mean_steps_to_success"] = float(np.mean(to_success)) if to_success else None
-    stats["foresight"] = mean_scores([e["foresight"] for e in episodes if e.get("foresight")])
+    stats["foresight"] = _foresight_stats(episodes)
     return stats
+
+
+def _foresight_stats(episodes: list[dict]) -> dict[int, dict] | None:
+    """{steps ahead: metrics} pooled over the episodes' foreseen frames (see `vla.viz`); None if none."""
+    per_horizon: dict[int, list[dict]] = {}
+    for e in episodes:
+        for ahead, totals in (e.get("foresight") or {}).items():
+            per_horizon.setdefault(int(ahead), []).append(totals)
+    if not per_horizon:
+        return None
+    return summarise_horizons({a: add_totals(t) for a, t in per_horizon.items()}, episodes[0].get("fps"))
 
 
 def _mean(name: str, label: str, tasks: list[str], per_task: dict) -> dict:
@@ -156,17 +167,14 @@ def format_markdown(report: dict) -> str:
 
 
 def _foresight_markdown(per_task: dict) -> list[str]:
-    """Foresight quality per task beside copying the last frame; nothing when the policy foresees nothing."""
+    """Foresight quality per task and horizon beside copying the last frame; nothing when the policy
+    foresees nothing."""
     rows = [(task, stats["foresight"]) for task, stats in per_task.items() if stats.get("foresight")]
     if not rows:
         return []
-    lines = ["", "Foresight (the frame `foresight_offset` steps ahead) against copying the last frame:", "",
-             "| task | PSNR dB | copy-last PSNR dB | SSIM | copy-last SSIM |", "|---|---|---|---|---|"]  # fmt: skip
-    for task, f in rows:
-        lines.append(
-            f"| {task} | {f['psnr']:.2f} | {f['baseline_psnr']:.2f} | {f['ssim']:.3f} | {f['baseline_ssim']:.3f} |"
-        )
-    return lines
+    return ["", "Foresight against copying the last frame (PSNR and gains in dB; changed pixels: those that "
+            f"moved by more than {CHANGE_LEVELS}/255 between the current and the foreseen frame):", "",
+            *foresight_table(rows)]  # fmt: skip
 
 
 def _baseline_markdown(report: dict) -> list[str]:
@@ -215,19 +223,20 @@ def video_frame(obs: dict[str, np.ndarray], prediction: Prediction | None, succe
     foresight = prediction.foresight if prediction is not None else {}
     panels = []
     for key in (k for k in obs if keys.is_image_key(k)):  # the env's camera order
-        future = foresight.get(key)
-        panels.append((obs[key], None if future is None else np.array(future, np.uint8)))
+        futures = [np.array(frames[key], np.uint8) for _, frames in sorted(foresight.items()) if key in frames]
+        panels.append((obs[key], futures))
     return panels, success
 
 
-def _compose(panels: list, colour: tuple[int, int, int]) -> np.ndarray:
-    """Cameras as rows of [real | foresight], upscaled, inside a border of `colour`."""
+def _compose(panels: list, colour: tuple[int, int, int], horizons: int) -> np.ndarray:
+    """Cameras as rows of [real | foresight per horizon, nearest first], upscaled, inside a border of
+    `colour`; black panels before the first prediction."""
     size = panels[0][0].shape[0]
     scale = max(1, VIDEO_PANEL // size)
     rows = []
-    for real, future in panels:
-        future = np.zeros_like(real) if future is None else _fit(future, real.shape)
-        rows.append(np.concatenate([real, future], axis=1))
+    for real, futures in panels:
+        futures = [_fit(f, real.shape) for f in futures] or [np.zeros_like(real)] * horizons
+        rows.append(np.concatenate([real, *futures], axis=1))
     grid = np.concatenate(rows, axis=0).repeat(scale, axis=0).repeat(scale, axis=1)  # (R*S*k, 2*S*k, 3)
     h, w = grid.shape[:2]
     # yuv420p needs even sides: the border absorbs an odd pixel.
@@ -251,7 +260,8 @@ def write_video(path: Path, frames: list, fps: float) -> None:
     import imageio.v3 as iio
 
     succeeded = frames[-1][1]
-    images = [_compose(panels, (_GREEN if ok else _GREY) if succeeded else _RED) for panels, ok in frames]
+    horizons = max(1, max(len(futures) for panels, _ in frames for _, futures in panels))
+    images = [_compose(panels, (_GREEN if ok else _GREY) if succeeded else _RED, horizons) for panels, ok in frames]
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, np.stack(images), plugin="pyav", codec="libx264", fps=max(1, round(fps)))
     log.debug("wrote %s (%d frames)", path, len(images))

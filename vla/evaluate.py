@@ -95,7 +95,8 @@ class EpisodeResult:
     chain_length: int | None = None  # subtasks completed in a row (chains only)
     chain_size: int | None = None
     video: str | None = None  # path relative to the report
-    foresight: dict | None = None  # mean PSNR/SSIM of the foreseen frames and of copying the last frame
+    foresight: dict | None = None  # {steps ahead: summed vla.viz.frame_totals} of the foreseen frames
+    fps: float = 0.0  # the env's control rate (Hz): horizons in milliseconds
 
 
 # --- one episode -------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def run_episode(env, policy: Policy, seed: int, setup: Setup, record: bool = Fal
     result = EpisodeResult(run.task, 0, seed, run.instruction, run.success, run.steps, run.steps_to_success)
     result.inferences, result.latency_s = len(act.latencies), float(np.mean(act.latencies))
     result.steps_charged, result.instructions = act.steps_charged, run.instructions
-    result.foresight = observer.foresight.summary()
+    result.foresight, result.fps = observer.foresight.totals(), env.unwrapped.fps
     if "chain_length" in run.info:
         result.chain_length, result.chain_size = int(run.info["chain_length"]), len(env.unwrapped.chain)
     return result, observer.frames

@@ -32,37 +32,37 @@ class ForesightRecorder(env_rollout.Observer):
 
     `prediction()` gives that Prediction; the act must predict at every step."""
 
-    def __init__(self, offset: int, prediction: Callable[[], Prediction | None]):
-        self.offset, self.prediction = offset, prediction
+    def __init__(self, offsets: list[int], fps: float, prediction: Callable[[], Prediction | None]):
+        self.offsets, self.fps, self.prediction = offsets, fps, prediction
         self.run: ForesightRun | None = None
 
     def on_reset(self, run: env_rollout.Rollout, obs: dict, info: dict) -> None:
-        self.run = ForesightRun(self.offset, info[keys.INSTRUCTION])
+        self.run = ForesightRun(self.offsets, info[keys.INSTRUCTION], self.fps)
 
     def on_act(self, run: env_rollout.Rollout, obs: dict, action: np.ndarray) -> None:
         self.run.add(obs, self.prediction())
 
 
 def rollout(policy, suite_name: str, task: str, seed: int, max_steps: int, split: str = "train"):
-    """A re-planning rollout in the suite; returns the run and the env's control rate. The episode goes on
-    `foresight_offset + 5` steps after success, so the last foresight can come true."""
+    """A re-planning rollout in the suite (a `ForesightRun`). The episode goes on for the farthest horizon
+    + 5 steps after success, so the last foresight can come true."""
     suite = envs.get_suite(suite_name)
     image_keys = [k for k in policy.features if keys.is_image_key(k)]
     cameras = tuple(keys.camera_of(k) for k in image_keys)
     env = suite.make_env(task, image_size=policy.features[image_keys[0]].shape[0], cameras=cameras, split=split)
     try:
-        offset = policy.config.foresight_offset
+        offsets = policy.config.foresight_offsets
         # Re-plan at every step, so every frame has its foresight (building the act resets the policy).
         act = StepClockAct(policy, n_action_steps=1, temporal_ensemble=0.0)
-        recorder = ForesightRecorder(offset, lambda: act.latest)
-        env_rollout.rollout(env, act, seed, max_steps, offset + 5, [recorder])
-        return recorder.run, env.unwrapped.fps
+        recorder = ForesightRecorder(offsets, env.unwrapped.fps, lambda: act.latest)
+        env_rollout.rollout(env, act, seed, max_steps, max(offsets) + 5, [recorder])
+        return recorder.run
     finally:
         env.close()
 
 
-def replay(policy, store_path: str, episode: int) -> tuple[ForesightRun, float]:
-    """Replay a stored episode's observations; returns the run and the store's rate."""
+def replay(policy, store_path: str, episode: int) -> ForesightRun:
+    """Replay a stored episode's observations, at the store's rate."""
     store = TrajectoryStore.open(store_path)
     missing = [k for k in policy.features if k != keys.ACTION and k not in store.specs]
     if missing:
@@ -73,7 +73,7 @@ def replay(policy, store_path: str, episode: int) -> tuple[ForesightRun, float]:
     steps = len(next(iter(data.values())))
     observations = ({k: v[t] for k, v in data.items()} for t in range(steps))
     instruction = store.episode_meta(episode)[keys.INSTRUCTION]
-    return run_foresight(policy, observations, instruction), store.fps
+    return run_foresight(policy, observations, instruction, store.fps)
 
 
 def foresight(
@@ -86,7 +86,8 @@ def foresight(
     seed: int = 0,
     max_steps: int = 200,
 ) -> list[dict]:
-    """Write media and metrics per task (suite mode) or for one stored episode; returns their summaries."""
+    """Write media and metrics per task (suite mode) or for one stored episode; returns their summaries
+    (name, instruction, steps, horizons: {steps ahead: metrics}, paths)."""
     if (suite is None) == (store is None):
         raise UserError("give either --suite and --tasks, or --store and --episode")
     from vla.checkpoint import load_policy
@@ -94,15 +95,16 @@ def foresight(
     policy = load_policy(policy_path, acting=store is None)  # a rollout acts; replaying a store does not
     summaries = []
     if store is not None:
-        runs = [(f"episode-{episode}", *replay(policy, store, episode))]
+        runs = [(f"episode-{episode}", replay(policy, store, episode))]
     else:
         names = envs.resolve_tasks(envs.get_suite(suite), tasks or "")
         runs = []
         for task in names:
             task_seed = envs.episode_seed(seed, suite, "foresight", task, 0)
-            runs.append((task, *rollout(policy, suite, task, task_seed, max_steps)))
-    for name, run, fps in runs:
-        paths = write_media(run, Path(out) / name, fps)
+            runs.append((task, rollout(policy, suite, task, task_seed, max_steps)))
+    for name, run in runs:
+        paths = write_media(run, Path(out) / name)
         summaries.append({"name": name, "instruction": run.instruction, "steps": len(run.observed),
-                          "mean": run.metrics()["mean"], "paths": {k: str(v) for k, v in paths.items()}})  # fmt: skip
+                          "horizons": run.metrics()["horizons"],
+                          "paths": {k: str(v) for k, v in paths.items()}})  # fmt: skip
     return summaries

@@ -61,7 +61,7 @@ def pad_key(key: str) -> str:
 
 
 def future_key(key: str) -> str:
-    """The frame `foresight_offset` steps ahead of the window's current step, for image `key`."""
+    """The frames `foresight_offsets` steps ahead of the window's current step (one per horizon), for image `key`."""
     return FUTURE_PREFIX + key
 
 

@@ -40,6 +40,8 @@ def option(default=MISSING, *, help: str, min=None, gt=None, max=None, choices=N
     """A dataclass field that is also a command-line flag. `min`/`max` are inclusive bounds, `gt` an
     exclusive lower bound, `choices` the valid values; no `default` makes the flag required."""
     meta = dict(help=help, min=min, gt=gt, max=max, choices=tuple(choices) if choices else None, metavar=metavar)
+    if isinstance(default, list):  # a list field (its bounds apply to each item): a fresh list per instance
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -113,10 +115,25 @@ def check_fields(obj, section: str | None = None) -> None:
         kind, optional = _value_type(_hints(type(obj))[f.name])
         if value is None and optional:
             continue
-        number = numbers.Integral if kind is int else numbers.Real if kind is float else None
-        if number is not None and (isinstance(value, bool) or not isinstance(value, number)):
-            raise UserError(f"{name(f.name)} must be {kind.__name__}, got {value!r}")
-        check_value(name(f.name), value, **{k: f.metadata.get(k) for k in CHECKS})
+        bounds = {k: f.metadata.get(k) for k in CHECKS}
+        if typing.get_origin(kind) is list:  # a list of numbers or strings: each item checked like a field
+            (item,) = typing.get_args(kind)
+            if item not in (int, float, str):
+                continue  # a list of sections (data.stores) is checked by their own dataclass
+            if not isinstance(value, list):
+                raise UserError(f"{name(f.name)} must be a list of {item.__name__}, got {value!r}")
+            for v in value:
+                _check_type(name(f.name), v, item)
+                check_value(name(f.name), v, **bounds)
+            continue
+        _check_type(name(f.name), value, kind)
+        check_value(name(f.name), value, **bounds)
+
+
+def _check_type(name: str, value, kind) -> None:
+    number = numbers.Integral if kind is int else numbers.Real if kind is float else None
+    if number is not None and (isinstance(value, bool) or not isinstance(value, number)):
+        raise UserError(f"{name} must be {kind.__name__}, got {value!r}")
 
 
 def check_value(name: str, value, *, min=None, gt=None, max=None, choices=None) -> None:

@@ -1,6 +1,6 @@
 """`vla pretrain` and `vla caption`: GR-1 style pretraining on action-free video and image-text pairs.
 
-Pretraining is `vla train` on stores of kind `video` (predict the frame `foresight_offset` ahead from
+Pretraining is `vla train` on stores of kind `video` (predict the frames `foresight_offsets` ahead from
 the instruction and past frames) and `image-text` (describe the image), mixed by weight; the same
 model, loop and checkpoints. A pretraining checkpoint starts a finetuning run with `--init-from`.
 

@@ -69,7 +69,7 @@ def build_data(cfg: Config):
     of the union of the stores (a key's statistics come from the first store that has it)."""
     if not cfg.data.stores:
         raise UserError("no training stores: set data.stores in the config (a list of {path, weight})")
-    window = WindowSpec(cfg.policy.history, cfg.policy.chunk, cfg.policy.foresight_offset)
+    window = WindowSpec.of(cfg.policy)
     stores = [TrajectoryStore.open(s.path) for s in cfg.data.stores]
     splits = [make_datasets(s, window, cfg.data.val_fraction, cfg.train.seed) for s in stores]
     train = ConcatDataset([t for t, _ in splits])

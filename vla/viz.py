@@ -1,7 +1,18 @@
 """Foresight metrics and pictures, shared by `vla eval`, `vla foresight` and the notebooks.
 
-Metrics compare the frame the policy foresaw with the frame that came `foresight_offset` steps later,
-beside the copy-the-last-frame baseline (predict that nothing moves), which any useful foresight beats.
+Metrics compare each frame the policy foresaw with the frame that came that many steps later, beside the
+copy-the-last-frame baseline (predict that nothing moves), which any useful foresight beats; per horizon
+(`steps` ahead, and `ms` at the run's control rate):
+
+    psnr, copy_psnr, gain_db                     the whole frame
+    changed_psnr, copy_changed_psnr, changed_gain_db   the pixels that changed between the current frame
+                                                 and the target frame (a channel moved by more than
+                                                 CHANGE_LEVELS of 255): where foresight has work to do
+    ssim, copy_ssim                              structure (mean over frames)
+    frames, changed_share                        how many frames were scored; the share of changed pixels
+
+PSNR is pooled: 10 log10(255^2 / MSE) with the MSE over every scored pixel of every frame, so a frame in
+which nothing moved (copy-last is exact there) weighs by its squared error instead of an infinite PSNR.
 """
 
 from __future__ import annotations
@@ -14,11 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vla import keys
 from vla.model.layout import Kind
 from vla.policies.base import Prediction
 
 SSIM_WINDOW = 7  # pixels: small frames (64x64) want a small window
 _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # Wang et al. 2004 constants for 8-bit images
+CHANGE_LEVELS = 8  # of 255: a pixel changed when one of its channels moved by more (above rendering noise)
+PSNR_CAP = 100.0  # dB, for an error of exactly zero (JSON has no infinity)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,50 +59,117 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = SSIM_WINDOW) -> float:
     return float(np.mean(num / den))
 
 
-def foresight_scores(predicted: np.ndarray, actual: np.ndarray, last: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM of the foreseen frame and of the copy-the-last-frame baseline against what happened."""
+def changed_pixels(last: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of uint8 `actual` that differ from `last` by more than CHANGE_LEVELS in a channel."""
+    return (np.abs(actual.astype(np.int16) - last.astype(np.int16)) > CHANGE_LEVELS).any(-1)
+
+
+def frame_totals(predicted: np.ndarray, actual: np.ndarray, last: np.ndarray) -> dict[str, float]:
+    """The sums that `summarise` turns into metrics, for one foreseen frame, the frame that came true and
+    the last frame seen when it was foreseen (uint8 (H, W, 3) each). Totals of many frames add up."""
+    p, a, c = (x.astype(np.float64) for x in (predicted, actual, last))
+    err, copy_err = (p - a) ** 2, (c - a) ** 2
+    changed = changed_pixels(last, actual)
     return {
-        "psnr": psnr(predicted, actual),
+        "frames": 1,
+        "values": err.size,
+        "sse": float(err.sum()),
+        "copy_sse": float(copy_err.sum()),
+        "changed_values": int(changed.sum()) * a.shape[-1],
+        "changed_sse": float(err[changed].sum()),
+        "changed_copy_sse": float(copy_err[changed].sum()),
         "ssim": ssim(predicted, actual),
-        "baseline_psnr": psnr(last, actual),
-        "baseline_ssim": ssim(last, actual),
+        "copy_ssim": ssim(last, actual),
     }
 
 
-def mean_scores(scores: list[dict[str, float]]) -> dict[str, float] | None:
-    """Per-metric mean over steps (inf PSNRs, from identical frames, are capped at 100 dB); None if empty."""
-    if not scores:
+def add_totals(totals: list[dict[str, float]]) -> dict[str, float] | None:
+    """Field-wise sums of `frame_totals` (or of earlier sums); None if there are none."""
+    return {k: float(sum(t[k] for t in totals)) for k in totals[0]} if totals else None
+
+
+def _pooled_psnr(sse: float, values: float) -> float | None:
+    if values == 0:
         return None
-    return {k: float(np.mean([min(s[k], 100.0) for s in scores])) for k in scores[0]}
+    return PSNR_CAP if sse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0**2 * values / sse)))
+
+
+def summarise(totals: dict[str, float], steps: int, fps: float | None = None) -> dict:
+    """The metrics (see the module docstring) of one horizon, `steps` ahead at `fps` Hz, from its totals."""
+    out = {"steps": steps, "ms": 1000.0 * steps / fps if fps else None, "frames": int(totals["frames"])}
+    out["psnr"], out["copy_psnr"] = (_pooled_psnr(totals[k], totals["values"]) for k in ("sse", "copy_sse"))
+    out["gain_db"] = out["psnr"] - out["copy_psnr"]
+    changed = [_pooled_psnr(totals[k], totals["changed_values"]) for k in ("changed_sse", "changed_copy_sse")]
+    out["changed_psnr"], out["copy_changed_psnr"] = changed
+    out["changed_gain_db"] = None if changed[0] is None else changed[0] - changed[1]
+    out["changed_share"] = totals["changed_values"] / totals["values"]
+    out["ssim"], out["copy_ssim"] = totals["ssim"] / totals["frames"], totals["copy_ssim"] / totals["frames"]
+    return out
+
+
+def summarise_horizons(totals: dict[int, dict], fps: float | None = None) -> dict[int, dict]:
+    """{steps ahead: totals} -> {steps ahead: metrics}, nearest horizon first."""
+    return {steps: summarise(t, steps, fps) for steps, t in sorted(totals.items())}
+
+
+def horizon_label(metrics: dict) -> str:
+    """'3 steps (38 ms)' for one horizon's metrics."""
+    ms = f" ({metrics['ms']:.0f} ms)" if metrics.get("ms") is not None else ""
+    return f"{metrics['steps']} step{'s' if metrics['steps'] != 1 else ''}{ms}"
+
+
+def _db(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _gain(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def foresight_table(rows: list[tuple[str, dict[int, dict]]], what: str = "task") -> list[str]:
+    """Markdown table lines: per (name, {steps ahead: metrics}) and horizon, the foresight beside copy-last
+    on the whole frame and on the changed pixels (dB), and SSIM."""
+    lines = [f"| {what} | horizon | PSNR | copy-last | gain | changed-pixel PSNR | copy-last | gain | SSIM | "
+             "copy-last SSIM | changed pixels |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, horizons in rows:
+        for m in horizons.values():
+            lines.append(
+                f"| {name} | {horizon_label(m)} | {_db(m['psnr'])} | {_db(m['copy_psnr'])} | {_gain(m['gain_db'])} "
+                f"| {_db(m['changed_psnr'])} | {_db(m['copy_changed_psnr'])} | {_gain(m['changed_gain_db'])} "
+                f"| {m['ssim']:.3f} | {m['copy_ssim']:.3f} | {100 * m['changed_share']:.1f}% |"
+            )
+    return lines
 
 
 class ForesightTracker:
-    """Pairs each foreseen frame with the frame that arrives `foresight_offset` steps later, in a rollout.
+    """Pairs each foreseen frame with the frame that arrives that many steps later, in a rollout.
 
     tracker.predicted(step, prediction, obs)   # the Prediction behind the action chosen at env step `step`
     tracker.observed(step, obs)                # after every env step
-    tracker.summary()                          # mean scores, or None if nothing matured
+    tracker.totals()                           # {steps ahead: summed frame_totals}, for what matured
     """
 
     def __init__(self):
-        self.pending: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # (due step, key, foreseen, last)
-        self.scores: list[dict[str, float]] = []
+        self.pending: list[tuple[int, int, str, np.ndarray, np.ndarray]] = []  # (due, ahead, key, foreseen, last)
+        self.scored: dict[int, list[dict]] = {}
         self._seen = None
 
     def predicted(self, step: int, prediction, obs: dict[str, np.ndarray]) -> None:
         if prediction is None or prediction is self._seen:
             return  # the policy executed a queued action: no new foresight this step
         self._seen = prediction
-        for key, frame in prediction.foresight.items():
-            self.pending.append((step + prediction.foresight_offset, key, frame, np.array(obs[key])))
+        for ahead, frames in prediction.foresight.items():
+            for key, frame in frames.items():
+                self.pending.append((step + ahead, ahead, key, frame, np.array(obs[key])))
 
     def observed(self, step: int, obs: dict[str, np.ndarray]) -> None:
         due = [p for p in self.pending if p[0] == step]
         self.pending = [p for p in self.pending if p[0] > step]
-        self.scores += [foresight_scores(frame, obs[key], last) for _, key, frame, last in due]
+        for _, ahead, key, frame, last in due:
+            self.scored.setdefault(ahead, []).append(frame_totals(frame, obs[key], last))
 
-    def summary(self) -> dict[str, float] | None:
-        return mean_scores(self.scores)
+    def totals(self) -> dict[int, dict] | None:
+        return {ahead: add_totals(t) for ahead, t in sorted(self.scored.items())} or None
 
 
 # --- foresight runs: a rollout or a stored episode, every step with its foresight ------------------
@@ -97,42 +178,56 @@ UPSCALE = 4  # nearest-neighbour, so 64x64 frames are visible
 
 @dataclass
 class ForesightRun:
-    """Per step t: the observed frames and the frames foreseen at t for step t + offset."""
+    """Per step t: the observed frames and, per horizon, the frames foreseen at t for t + horizon."""
 
-    offset: int
+    offsets: list[int]  # the horizons, in steps, nearest first
     instruction: str
+    fps: float | None = None  # control rate (Hz), for horizons in milliseconds
     observed: list[dict[str, np.ndarray]] = field(default_factory=list)
-    foreseen: list[dict[str, np.ndarray]] = field(default_factory=list)
+    foreseen: list[dict[int, dict[str, np.ndarray]]] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
 
     @property
     def cameras(self) -> list[str]:
-        return list(self.foreseen[0]) if self.foreseen else []
+        return list(self.foreseen[0][self.offsets[0]]) if self.foreseen else []
+
+    @property
+    def horizon(self) -> int:
+        """The farthest horizon: a video frame needs every horizon's foresight for it."""
+        return max(self.offsets)
 
     def add(self, obs: dict[str, np.ndarray], prediction: Prediction) -> None:
         """Step t: the observation the policy saw and its Prediction (the first action is the one taken)."""
-        self.observed.append({k: np.array(v) for k, v in obs.items() if k in prediction.foresight})
+        self.observed.append({k: np.array(v) for k, v in obs.items() if keys.is_image_key(k)})
         self.foreseen.append(prediction.foresight)
         self.actions.append(prediction.actions[0])
 
-    def pairs(self):
-        """(t, key, foreseen at t, observed at t + offset, observed at t) for every step that has both."""
-        for t in range(len(self.observed) - self.offset):
-            for key, frame in self.foreseen[t].items():
-                yield t, key, frame, self.observed[t + self.offset][key], self.observed[t][key]
+    def pairs(self, ahead: int):
+        """(t, key, foreseen at t, observed at t + ahead, observed at t) for every step that has both."""
+        for t in range(len(self.observed) - ahead):
+            for key, frame in self.foreseen[t][ahead].items():
+                yield t, key, frame, self.observed[t + ahead][key], self.observed[t][key]
 
     def metrics(self) -> dict:
-        steps = [{"step": t, "camera": key, **foresight_scores(f, actual, last)}
-                 for t, key, f, actual, last in self.pairs()]  # fmt: skip
-        scores = [{k: v for k, v in s.items() if k not in ("step", "camera")} for s in steps]
-        return {"offset": self.offset, "instruction": self.instruction, "steps": steps, "mean": mean_scores(scores)}
+        """{"instruction", "horizons": {steps ahead: metrics}, "steps": per-frame PSNR/SSIM and copy-last's}."""
+        horizons, steps = {}, []
+        for ahead in self.offsets:
+            totals = []
+            for t, key, frame, actual, last in self.pairs(ahead):
+                totals.append(frame_totals(frame, actual, last))
+                steps.append({"step": t, "ahead": ahead, "camera": key, "psnr": psnr(frame, actual),
+                              "copy_psnr": psnr(last, actual), "ssim": totals[-1]["ssim"],
+                              "copy_ssim": totals[-1]["copy_ssim"]})  # fmt: skip
+            if totals:
+                horizons[ahead] = summarise(add_totals(totals), ahead, self.fps)
+        return {"instruction": self.instruction, "fps": self.fps, "horizons": horizons, "steps": steps}
 
 
-def run_foresight(policy, observations, instruction: str) -> ForesightRun:
+def run_foresight(policy, observations, instruction: str, fps: float | None = None) -> ForesightRun:
     """Feed `observations` (an iterable of raw observation dicts, e.g. a stored episode's) to the policy
     one step at a time, predicting at every step. (A rollout in a suite: `vla.foresight.rollout`.)"""
     policy.reset()
-    run = ForesightRun(policy.config.foresight_offset, instruction)
+    run = ForesightRun(policy.config.foresight_offsets, instruction, fps)
     for obs in observations:
         run.add(obs, policy.predict(obs, instruction))
     return run
@@ -142,30 +237,40 @@ def _up(image: np.ndarray) -> np.ndarray:
     return image.repeat(UPSCALE, 0).repeat(UPSCALE, 1)
 
 
-def comparison_frame(actual: np.ndarray, foreseen: np.ndarray) -> np.ndarray:
-    """One camera's row: what happened | what was foreseen | their absolute difference (x3, to be seen)."""
-    diff = np.clip(np.abs(actual.astype(int) - foreseen.astype(int)) * 3, 0, 255).astype(np.uint8)
+def difference(actual: np.ndarray, foreseen: np.ndarray) -> np.ndarray:
+    """|actual - foreseen| x3, so that small errors can be seen."""
+    return np.clip(np.abs(actual.astype(int) - foreseen.astype(int)) * 3, 0, 255).astype(np.uint8)
+
+
+def comparison_frame(actual: np.ndarray, foreseen: list[np.ndarray]) -> np.ndarray:
+    """One camera's row: what happened | per horizon, what was foreseen for it and the difference."""
     gap = np.full((actual.shape[0] * UPSCALE, 2, 3), 255, np.uint8)
-    return np.concatenate([_up(actual), gap, _up(foreseen), gap, _up(diff)], axis=1)
+    panels = [_up(actual)]
+    for frame in foreseen:
+        panels += [gap, _up(frame), gap, _up(difference(actual, frame))]
+    return np.concatenate(panels, axis=1)
 
 
 def comparison_frames(run: ForesightRun) -> list[np.ndarray]:
-    """Video frames: per step, one row per camera (see `comparison_frame`)."""
+    """Video frames, one per step t from the farthest horizon on: per camera a row with the frame at t and,
+    per horizon (nearest first), the frame foreseen for t that many steps earlier (see `comparison_frame`)."""
     frames = []
-    for t in range(len(run.observed) - run.offset):
-        rows = [comparison_frame(run.observed[t + run.offset][k], run.foreseen[t][k]) for k in run.cameras]
+    for t in range(run.horizon, len(run.observed)):
+        rows = [comparison_frame(run.observed[t][k], [run.foreseen[t - h][h][k] for h in run.offsets])
+                for k in run.cameras]  # fmt: skip
         frames.append(np.concatenate(rows, axis=0))
     return frames
 
 
-def write_media(run: ForesightRun, out: Path, fps: float, grid_steps: int = 6) -> dict[str, Path]:
+def write_media(run: ForesightRun, out: Path, grid_steps: int = 6) -> dict[str, Path]:
     """foresight.mp4, foresight.gif, grid.png and metrics.json under `out`; returns their paths."""
     import imageio.v3 as iio
 
     out.mkdir(parents=True, exist_ok=True)
     frames = comparison_frames(run)
     if not frames:
-        raise ValueError(f"the run has {len(run.observed)} steps, not more than the foresight offset {run.offset}")
+        raise ValueError(f"the run has {len(run.observed)} steps, not more than the farthest horizon {run.horizon}")
+    fps = run.fps or 10.0
     paths = {name: out / name for name in ("foresight.mp4", "foresight.gif", "grid.png", "metrics.json")}
     iio.imwrite(paths["foresight.mp4"], np.stack(frames), plugin="pyav", codec="h264", fps=fps)
     gif_every = max(1, round(fps / 10))  # GIFs for sharing: about 10 frames a second

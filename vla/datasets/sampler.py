@@ -1,11 +1,16 @@
 """Training windows from a trajectory store, with edge padding, pad masks and an episode split.
 
-A window anchored at step t of an episode holds:
+A window anchored at step t of an episode holds, for K = len(foresight_offsets):
 
     observation keys   steps t-history+1 .. t          (history, *shape)   + `<key>_is_pad` (history,)
     action             steps t .. t+chunk-1            (chunk, action_dim) + `action_is_pad` (chunk,)
-    future.<image key> step t+foresight_offset         (H, W, 3)           + `future.<key>_is_pad` ()
+    future.<image key> steps t+offset, per offset      (K, H, W, 3)        + `future.<key>_is_pad` (K,)
     instruction, task  the episode's metadata (str)
+
+With `every_step` (GR-1's supervision at every timestep of the window) the action chunk and the future
+frames are given for each of the window's steps s = t-history+1 .. t instead: action (history, chunk,
+action_dim) from steps s .. s+chunk-1, future frames (history, K, H, W, 3) at s+offset, each with its
+pad mask of the same leading shape.
 
 An image-text store's windows are its one frame (history 1, no future frame) and `caption` in place
 of `instruction`. Video stores simply have no state or action keys.
@@ -32,27 +37,38 @@ from vla.errors import UserError
 class WindowSpec:
     history: int = 4  # observation steps up to and including the current one
     chunk: int = 10  # future actions predicted from the current step
-    foresight_offset: int = 3  # how far ahead the foreseen frame is
+    foresight_offsets: tuple[int, ...] = (3,)  # how far ahead the foreseen frames are, in steps
+    every_step: bool = False  # actions and future frames for every step of the window, not just the last
 
     def __post_init__(self):
         for name in ("history", "chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.foresight_offset < 0:
-            raise UserError(f"foresight_offset must be >= 0, got {self.foresight_offset}")
+        object.__setattr__(self, "foresight_offsets", tuple(int(o) for o in self.foresight_offsets))
+        if not self.foresight_offsets or min(self.foresight_offsets) < 1:
+            raise UserError(f"foresight_offsets must be steps >= 1, got {list(self.foresight_offsets)}")
+
+    @classmethod
+    def of(cls, policy) -> WindowSpec:
+        """The windows a `PolicyConfig` learns from."""
+        return cls(policy.history, policy.chunk, tuple(policy.foresight_offsets), policy.every_step_loss)
 
     def offsets(self, specs: dict[str, keys.Spec], kind: str = "robot") -> dict[str, tuple[str, np.ndarray]]:
-        """{output key: (store key, step offsets relative to the anchor)}."""
+        """{output key: (store key, step offsets relative to the anchor, of the output's leading shape)}."""
         if kind == "image-text":
             return {key: (key, np.array([0])) for key in specs}
+        steps = np.arange(-self.history + 1, 1)
+        supervised = steps[:, None] if self.every_step else np.zeros((1, 1), int)  # (S, 1): S = history or 1
+
+        def ahead(offsets: np.ndarray) -> np.ndarray:  # (S, n) from each supervised step, or (n,) from the last
+            rows = supervised + offsets
+            return rows if self.every_step else rows[0]
+
         out = {}
         for key in specs:
-            if key == keys.ACTION:
-                out[key] = (key, np.arange(self.chunk))
-            else:
-                out[key] = (key, np.arange(-self.history + 1, 1))
+            out[key] = (key, ahead(np.arange(self.chunk)) if key == keys.ACTION else steps)
             if keys.is_image_key(key):
-                out[keys.future_key(key)] = (key, np.array([self.foresight_offset]))
+                out[keys.future_key(key)] = (key, ahead(np.array(self.foresight_offsets)))
         return out
 
 
@@ -177,11 +193,8 @@ class WindowDataset(Dataset):
             lo = min(int(c.min()) for c in clipped)
             block = self._rows(key, lo, max(int(c.max()) for c in clipped) + 1)
             for (out_key, _), s, c in zip(outputs, steps, clipped):
-                values, is_pad = block[c - lo], s != c
-                if out_key.startswith(keys.FUTURE_PREFIX):
-                    values, is_pad = values[0], is_pad[0]
-                item[out_key] = values
-                item[keys.pad_key(out_key)] = np.asarray(is_pad)
+                item[out_key] = block[c - lo]  # (*offsets.shape, *value shape)
+                item[keys.pad_key(out_key)] = s != c
         item[self.text_key] = str(self.instructions[episode])
         item[keys.TASK] = str(self.tasks[episode])
         item["episode_index"] = episode

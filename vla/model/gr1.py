@@ -23,7 +23,7 @@ from torch import nn
 
 from vla.model.encoders import StateEncoder, VisionEncoder
 from vla.model.gpt import KV, Trunk
-from vla.model.heads import ActionHead, FlowHead, ForesightDecoder
+from vla.model.heads import ActionHead, FlowHead, MAEDecoder, ResidualDecoder, ZeroLinear
 from vla.model.layout import Kind, TokenLayout
 from vla.model.text import TextHead
 from vla.policies.config import PolicyConfig
@@ -74,16 +74,16 @@ class GR1(nn.Module):
             self.action_head = FlowHead(d, chunk, action_dim, cfg.flow_steps)
         elif action_dim:
             self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper, cfg.gripper_weight)
-        self.foresight = nn.ModuleDict(
-            {
-                c: ForesightDecoder(
-                    d, cfg.decoder_dim, cfg.decoder_layers, image_size, cfg.patch_size, cfg.foresight_stats_weight
-                )
-                for c in self.cameras
-            }  # fmt: skip
-        )
+        self.foresight = nn.ModuleDict({c: self._decoder(cfg, image_size) for c in self.cameras})
         self.text = TextHead(d, vocab, cfg.max_text_len) if vocab is not None else None
         self.apply(_init_weights)
+
+    @staticmethod
+    def _decoder(cfg: PolicyConfig, image_size: int) -> nn.Module:
+        sizes = (cfg.d_model, cfg.decoder_dim, cfg.decoder_layers, image_size, cfg.patch_size)
+        if cfg.foresight_decoder == "mae":
+            return MAEDecoder(*sizes, len(cfg.foresight_offsets), cfg.foresight_stats_weight)
+        return ResidualDecoder(*sizes, len(cfg.foresight_offsets))
 
     # --- tokens -------------------------------------------------------------------------------------
     def observation_tokens(self, images: dict[str, torch.Tensor], state: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,7 +203,7 @@ class GR1(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) and not isinstance(module, ZeroLinear):
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

@@ -93,42 +93,115 @@ class FlowHead(nn.Module):
         return x.reshape(*lead, self.chunk, self.action_dim)
 
 
-class ForesightDecoder(nn.Module):
-    """[OBS] readouts of one camera -> the frame `foresight_offset` ahead, MAE-style.
+class ZeroLinear(nn.Linear):
+    """A linear layer that starts at zero (weights and bias) and keeps that start through `_init_weights`:
+    a residual branch that begins as the identity."""
 
-    Mask tokens, one per patch, read the readouts through a few bidirectional blocks and predict each
-    patch's pixels normalised by that patch's own mean and std (per channel), plus the mean and std, so
-    that a visible frame can be put back together.
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class ForesightDecoder(nn.Module):
+    """[OBS] readouts of one camera at one timestep -> the frame `offset` steps ahead, for each of the
+    policy's `foresight_offsets` (K horizons, told apart by a learned embedding when K > 1).
+
+    Two designs share this interface (`forward`, `loss`, `to_frames`), chosen by `policy.foresight_decoder`:
+
+    - `ResidualDecoder` (default): patch tokens of the current frame's pixels and the readouts go through
+      a few bidirectional blocks; each patch predicts its change. Whatever does not move is copied for
+      free, so the capacity goes to what changes, and a decoder that predicts no change is copy-last.
+    - `MAEDecoder`: mask tokens read only the readouts and rebuild the whole frame (GR-1's MAE-style
+      decoder), as per-patch-normalised pixels plus each patch's mean and std.
     """
 
-    def __init__(self, dim: int, decoder_dim: int, layers: int, image_size: int, patch_size: int,
-                 stats_weight: float = 10.0):  # fmt: skip
+    def __init__(self, dim: int, decoder_dim: int, layers: int, image_size: int, patch_size: int, horizons: int):
         super().__init__()
-        self.p, self.grid, self.stats_weight = patch_size, image_size // patch_size, stats_weight
+        self.p, self.grid = patch_size, image_size // patch_size
         n_patches = self.grid**2
         self.inp = nn.Linear(dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(decoder_dim))
         self.pos = nn.Parameter(torch.randn(n_patches, decoder_dim) * 0.02)
+        self.horizon = nn.Parameter(torch.randn(horizons, decoder_dim) * 0.02) if horizons > 1 else None
         self.blocks = nn.ModuleList(Block(decoder_dim, max(1, decoder_dim // 64)) for _ in range(layers))
         self.ln = nn.LayerNorm(decoder_dim)
-        self.out = nn.Linear(decoder_dim, patch_size * patch_size * 3 + 6)
 
-    def forward(self, readouts: torch.Tensor) -> torch.Tensor:
-        """readouts: (N, q, dim) -> (N, patches, p*p*3 + 6)."""
-        queries = (self.mask_token + self.pos).expand(readouts.shape[0], -1, -1)
+    def _decode(self, readouts: torch.Tensor, queries: torch.Tensor, horizon: torch.Tensor | None) -> torch.Tensor:
+        """readouts (N, q, dim), per-patch queries (N, patches, decoder_dim), horizon (N,) indices -> the
+        patches' final states (N, patches, decoder_dim)."""
+        queries = queries + self.pos
+        if self.horizon is not None:
+            queries = queries + self.horizon[horizon][:, None]
         x = torch.cat([self.inp(readouts), queries], dim=1)
         for block in self.blocks:
             x, _ = block(x)
-        return self.out(self.ln(x[:, readouts.shape[1] :]))
+        return self.ln(x[:, readouts.shape[1] :])
 
     def patchify(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, patches, p*p, 3) in [0, 1]."""
         x = frames.float() / 255.0
         return rearrange(x, "n (gh p1) (gw p2) c -> n (gh gw) (p1 p2) c", p1=self.p, p2=self.p)
 
-    def loss(self, pred: torch.Tensor, frames: torch.Tensor, keep: torch.Tensor):
-        """pred: (N, patches, D_out); frames: (N, H, W, 3) uint8 targets; keep: (N,) bool."""
-        target = self.patchify(frames)
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, patches, p*p, 3) in [0, 1] -> (N, H, W, 3) uint8."""
+        x = rearrange(x, "n (gh gw) (p1 p2) c -> n (gh p1) (gw p2) c", gh=self.grid, p1=self.p)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class ResidualDecoder(ForesightDecoder):
+    """Predicts the change from the current frame, per patch (see `ForesightDecoder`).
+
+    Its loss is the squared error of the predicted frame relative to copy-last's over the batch,
+    sum((pred - future)^2) / sum((current - future)^2): 1 at the start (the output layer starts at zero,
+    so the first prediction is the current frame), below 1 when it foresees better than copying.
+    """
+
+    def __init__(self, dim: int, decoder_dim: int, layers: int, image_size: int, patch_size: int, horizons: int):
+        super().__init__(dim, decoder_dim, layers, image_size, patch_size, horizons)
+        self.frame_in = nn.Linear(patch_size * patch_size * 3, decoder_dim)
+        self.out = ZeroLinear(decoder_dim, patch_size * patch_size * 3)
+
+    def forward(self, readouts: torch.Tensor, current: torch.Tensor, horizon: torch.Tensor | None = None):
+        """readouts: (N, q, dim); current: (N, H, W, 3) uint8; horizon: (N,) horizon indices ->
+        the foreseen frames' patches (N, patches, p*p, 3) in [0, 1] units, unclamped."""
+        now = self.patchify(current)
+        change = self.out(self._decode(readouts, self.frame_in(now.flatten(2).to(readouts.dtype)), horizon))
+        return now + change.float().unflatten(-1, (self.p * self.p, 3))
+
+    def loss(self, pred: torch.Tensor, current: torch.Tensor, future: torch.Tensor, keep: torch.Tensor):
+        """pred: (N, patches, p*p, 3) from `forward`; current, future: (N, H, W, 3) uint8; keep: (N,) bool."""
+        target, now = self.patchify(future), self.patchify(current)
+        keep = keep.to(pred.dtype)[:, None, None, None]
+        error = (((pred - target) ** 2) * keep).sum()
+        copy_last = (((now - target) ** 2) * keep).sum()
+        # A batch where nothing moves: its error is judged against one intensity level per value instead.
+        floor = keep.sum() * target[0].numel() / 255.0**2
+        return error / torch.maximum(copy_last, floor).clamp(min=1e-6)
+
+    def to_frames(self, pred: torch.Tensor) -> torch.Tensor:
+        """(N, patches, p*p, 3) -> (N, H, W, 3) uint8."""
+        return self.unpatchify(pred)
+
+
+class MAEDecoder(ForesightDecoder):
+    """Rebuilds the whole frame from the readouts alone (see `ForesightDecoder`): mask tokens, one per
+    patch, predict each patch's pixels normalised by its own mean and std (per channel), plus that mean
+    and std, so that a visible frame can be put back together."""
+
+    def __init__(self, dim: int, decoder_dim: int, layers: int, image_size: int, patch_size: int, horizons: int,
+                 stats_weight: float = 10.0):  # fmt: skip
+        super().__init__(dim, decoder_dim, layers, image_size, patch_size, horizons)
+        self.stats_weight = stats_weight
+        self.mask_token = nn.Parameter(torch.zeros(decoder_dim))
+        self.out = nn.Linear(decoder_dim, patch_size * patch_size * 3 + 6)
+
+    def forward(self, readouts: torch.Tensor, current: torch.Tensor | None = None, horizon=None) -> torch.Tensor:
+        """readouts: (N, q, dim) -> (N, patches, p*p*3 + 6); the current frame is not read."""
+        queries = self.mask_token.expand(readouts.shape[0], self.grid**2, -1)
+        return self.out(self._decode(readouts, queries, horizon))
+
+    def loss(self, pred: torch.Tensor, current, future: torch.Tensor, keep: torch.Tensor):
+        """pred: (N, patches, D_out); future: (N, H, W, 3) uint8 targets; keep: (N,) bool."""
+        target = self.patchify(future)
         mean, std = target.mean(2, keepdim=True), target.std(2, keepdim=True) + 1e-3
         norm_pred, stats_pred = self._split(pred)
         pixel = ((norm_pred - (target - mean) / std) ** 2).mean(dim=(1, 2, 3))
@@ -143,6 +216,4 @@ class ForesightDecoder(nn.Module):
     def to_frames(self, pred: torch.Tensor) -> torch.Tensor:
         """(N, patches, D_out) -> (N, H, W, 3) uint8."""
         pixels, stats = self._split(pred)
-        x = pixels * stats[:, :, 1:2].clamp(min=1e-3) + stats[:, :, 0:1]
-        x = rearrange(x, "n (gh gw) (p1 p2) c -> n (gh p1) (gw p2) c", gh=self.grid, p1=self.p)
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.unpatchify(pixels * stats[:, :, 1:2].clamp(min=1e-3) + stats[:, :, 0:1])

@@ -26,8 +26,8 @@ from vla import keys
 @dataclass
 class Prediction:
     actions: np.ndarray  # (chunk, action_dim) float32, raw units, starting at the current step
-    foresight: dict[str, np.ndarray] = field(default_factory=dict)  # image key -> (H, W, 3) uint8, `offset` ahead
-    foresight_offset: int = 0
+    # steps ahead -> {image key: (H, W, 3) uint8}: the frames foreseen that many steps after the current one
+    foresight: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 class Policy(Protocol):

@@ -3,7 +3,7 @@
     policy = VLAPolicy(PolicyConfig(preset="tiny", features=store_features, history=2, chunk=8))
 
 One flat dataclass, as lerobot's `ACTConfig`: the network's preset and sizes, the features it reads and
-writes, the window it sees (`history`, `chunk`, `foresight_offset`), how its chunks are executed
+writes, the window it sees (`history`, `chunk`, `foresight_offsets`), how its chunks are executed
 (`n_action_steps`, `temporal_ensemble`) and its loss weights. A checkpoint saves it as `policy.yaml`
 beside the weights, so loading a policy needs nothing else; the run config (`vla.config.Config`) holds it
 as its `policy` section, beside `data` and `train`.
@@ -58,6 +58,7 @@ PRESETS: dict[str, dict] = {
     ),
 }
 ACTION_HEADS = ("mlp", "flow")
+FORESIGHT_DECODERS = ("residual", "mae")
 
 
 @dataclass
@@ -75,6 +76,9 @@ class PolicyConfig:
     n_obs_queries: int = option(4, min=1, help="foresight readout tokens per camera per timestep")
     decoder_dim: int = option(128, min=1, help="foresight decoder width")
     decoder_layers: int = option(2, min=0, help="foresight decoder depth")
+    foresight_decoder: str = option("residual", choices=FORESIGHT_DECODERS, help="residual (reads the current "
+                                    "frame's patches, predicts the change) | mae (mask tokens rebuild the whole "
+                                    "frame from the readouts)")  # fmt: skip
     action_head: str = option("mlp", choices=ACTION_HEADS, help="mlp (smooth-L1 arm + BCE gripper) | flow "
                               "(flow matching on a diffusers scheduler)")  # fmt: skip
     flow_steps: int = option(10, min=1, help="integration steps of the flow head at inference")
@@ -86,7 +90,9 @@ class PolicyConfig:
     # --- the window ---
     history: int = option(4, min=1, help="observation steps the model sees (GR-1's sequence length)")
     chunk: int = option(10, min=1, help="actions predicted per step (lerobot's chunk_size)")
-    foresight_offset: int = option(3, min=1, help="the foreseen frame is this many steps ahead")
+    foresight_offsets: list[int] = option([3], min=1, help="the foreseen frames are these many steps ahead")
+    every_step_loss: bool = option(False, help="supervise the readouts of every step of the window (GR-1), not "
+                                   "only the last")  # fmt: skip
     # --- executing chunks (vla.policies.executor) ---
     n_action_steps: int = option(5, min=1, help="actions executed from each chunk before the next prediction")
     temporal_ensemble: float = option(0.0, min=0.0, help="k > 0: predict every step and average overlapping "
@@ -101,6 +107,10 @@ class PolicyConfig:
 
     def __post_init__(self):
         check_fields(self, "policy")
+        if not self.foresight_offsets or len(set(self.foresight_offsets)) != len(self.foresight_offsets):
+            raise UserError(f"policy.foresight_offsets must be distinct steps ahead, at least one, got "
+                            f"{self.foresight_offsets}")  # fmt: skip
+        self.foresight_offsets = sorted(self.foresight_offsets)
         if self.d_model % self.n_head:
             raise UserError(f"policy.d_model {self.d_model} is not divisible by policy.n_head {self.n_head}")
 
@@ -117,7 +127,9 @@ def with_preset(values: dict) -> dict:
 LEGACY_KEYS: dict[str, str] = {
     **{f"model.{name}": f"policy.{name}" for name in PolicyConfig.__dataclass_fields__},
     "features": "policy.features",
-    **{f"data.{name}": f"policy.{name}" for name in ("history", "chunk", "foresight_offset")},
+    **{f"data.{name}": f"policy.{name}" for name in ("history", "chunk")},
+    "data.foresight_offset": "policy.foresight_offsets",
+    "policy.foresight_offset": "policy.foresight_offsets",
     **{
         f"train.{name}": f"policy.{name}"
         for name in ("n_action_steps", "temporal_ensemble", "action_weight", "foresight_weight", "text_weight")
@@ -137,11 +149,21 @@ def legacy_keys(tree: dict):
 
 
 def migrate_legacy(tree: dict) -> dict:
-    """A run config tree written before the policy contract -> today's layout (checkpoints from this
-    repository keep loading). Trees without the old keys come back unchanged."""
+    """A run config tree written by an earlier version -> today's layout (checkpoints from this repository
+    keep loading). Trees without old keys come back unchanged.
+
+    - before the policy contract: `model`/`data`/`train`/`features` keys move to `policy` (`LEGACY_KEYS`);
+    - before several foresight horizons: `foresight_offset: 3` becomes `foresight_offsets: [3]`;
+    - before the residual decoder: a policy without `foresight_decoder` has the MAE-style one, and was
+      supervised at the last step only."""
     tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
     for _, new, node, leaf in list(legacy_keys(tree)):
         tree.setdefault("policy", {})[new.split(".", 1)[1]] = node.pop(leaf)
     if tree.get("model") == {}:
         del tree["model"]
+    policy = tree.setdefault("policy", {})
+    if isinstance(policy.get("foresight_offsets"), int):
+        policy["foresight_offsets"] = [policy["foresight_offsets"]]
+    policy.setdefault("foresight_decoder", "mae")
+    policy.setdefault("every_step_loss", False)
     return tree

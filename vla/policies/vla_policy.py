@@ -130,30 +130,50 @@ class VLAPolicy(nn.Module):
 
     def _window_losses(self, batch: dict) -> tuple[dict, dict]:
         """Robot or video windows: the action loss where the batch has actions, foresight where it has
-        future frames."""
+        future frames. With `every_step_loss` each step's readouts are supervised (GR-1), padded steps
+        masked; otherwise only the last step's."""
         losses, metrics = {}, {}
         obs = self._observation_tokens(batch)
-        pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)
+        pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)  # (B, T)
         action = keys.ACTION in batch and self.model.action_head is not None
-        h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="last", action=action)[:, -1]
+        every = self.config.every_step_loss
+        h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="all" if every else "last",
+                       action=action)  # fmt: skip
+        # Supervised steps: (B, T, n_readout, d) with every step, else the last one (B, n_readout, d).
+        h, step_keep = (h, ~pad) if every else (h[:, -1], torch.ones_like(pad[:, -1]))
         obs_readouts, act = self.model.split_readouts(h)
         if action:
-            losses["action"], metrics = self._action_loss(act, batch)
-        foresight = [k for k in self.image_keys if keys.future_key(k) in batch]
+            losses["action"], metrics = self._action_loss(act, batch, step_keep)
+        foresight = [k for k in self.image_keys if keys.future_key(k) in batch and self.config.foresight_weight > 0]
+        for k in foresight:
+            per_horizon = self._foresight_losses(k, obs_readouts, batch, step_keep)
+            metrics.update({f"loss_foresight_{k_ahead}": v.detach() for k_ahead, v in per_horizon.items()})
+            losses["foresight"] = losses.get("foresight", 0) + sum(per_horizon.values()) / len(per_horizon)
         if foresight:
-            losses["foresight"] = sum(self._foresight_loss(k, obs_readouts, batch) for k in foresight) / len(foresight)
+            losses["foresight"] = losses["foresight"] / len(foresight)
         return losses, metrics
 
-    def _action_loss(self, act: torch.Tensor, batch: dict):
+    def _action_loss(self, act: torch.Tensor, batch: dict, step_keep: torch.Tensor):
+        """act: (B, [T,] d); the batch's action (B, [T,] chunk, A); step_keep (B, [T]) the supervised steps."""
         raw = batch[keys.ACTION]
         target = self.normalizer.normalize(keys.ACTION, raw)
-        keep = ~batch[keys.pad_key(keys.ACTION)]
+        keep = ~batch[keys.pad_key(keys.ACTION)] & step_keep[..., None]
         return self.model.action_head.loss(act, target, keep, gripper_closed=raw[..., -1] > 0)
 
-    def _foresight_loss(self, key: str, obs_readouts: dict, batch: dict) -> torch.Tensor:
-        decoder = self.model.foresight[keys.camera_of(key)]
-        pred = decoder(obs_readouts[keys.camera_of(key)])
-        return decoder.loss(pred, batch[keys.future_key(key)], ~batch[keys.pad_key(keys.future_key(key))])
+    def _foresight_losses(self, key: str, obs_readouts: dict, batch: dict, step_keep: torch.Tensor) -> dict:
+        """{offset: loss} of camera `key`'s decoder, each horizon on its own."""
+        camera, offsets = keys.camera_of(key), self.config.foresight_offsets
+        decoder = self.model.foresight[camera]
+        readouts = obs_readouts[camera]  # (B, [T,] q, d)
+        current = batch[key] if self.config.every_step_loss else batch[key][:, -1]  # (B, [T,] H, W, 3)
+        future, future_pad = batch[keys.future_key(key)], batch[keys.pad_key(keys.future_key(key))]  # (B,[T,] K,..)
+        losses = {}
+        for i, offset in enumerate(offsets):
+            horizon = torch.full(readouts.shape[:-2], i, device=readouts.device).flatten()
+            pred = decoder(readouts.flatten(0, -3), current.flatten(0, -4), horizon)
+            keep = (~future_pad[..., i] & step_keep).flatten()
+            losses[offset] = decoder.loss(pred, current.flatten(0, -4), future[..., i, :, :, :].flatten(0, -4), keep)
+        return losses
 
     def _caption_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt embedding and one image's tokens (its last frame) per batch entry."""
@@ -228,17 +248,23 @@ class VLAPolicy(nn.Module):
         return [*self.image_keys, *([keys.OBS_STATE] if keys.OBS_STATE in self.features else [])]
 
     def _decode(self, h: torch.Tensor) -> Prediction:
-        """Readout states (1, n_readout, d) -> raw-unit actions and uint8 frames."""
+        """Readout states (1, n_readout, d) -> raw-unit actions and, per horizon, uint8 frames."""
         obs_readouts, act = self.model.split_readouts(h)
         if self.model.action_head is None:  # pretrained on video alone: it foresees, it does not act
             actions = torch.zeros(0, 0)
         else:
             actions = self._actions(act)
-        foresight = {}
+        offsets = self.config.foresight_offsets
+        foresight = {offset: {} for offset in offsets} if self.foresee else {}
         for key in self.image_keys if self.foresee else []:
-            decoder = self.model.foresight[keys.camera_of(key)]
-            foresight[key] = decoder.to_frames(decoder(obs_readouts[keys.camera_of(key)]))[0].cpu().numpy()
-        return Prediction(actions.float().cpu().numpy(), foresight, self.config.foresight_offset)
+            decoder, readouts = self.model.foresight[keys.camera_of(key)], obs_readouts[keys.camera_of(key)]
+            current = self._history[-1][key][:, 0]  # (1, H, W, 3): the frame the prediction is made at
+            K = len(offsets)
+            horizon = torch.arange(K, device=readouts.device)
+            pred = decoder(readouts.expand(K, -1, -1), current.expand(K, -1, -1, -1), horizon)
+            for offset, frame in zip(offsets, decoder.to_frames(pred).cpu().numpy()):
+                foresight[offset][key] = frame
+        return Prediction(actions.float().cpu().numpy(), foresight)
 
     def _actions(self, act: torch.Tensor) -> torch.Tensor:
         chunk = self.model.action_head.sample(act)[0]
