@@ -72,3 +72,18 @@ def tiny_config(store, out, **train):
     cfg.data.stores = [StoreConfig(str(store))]
     cfg.train.out = str(out)
     return cfg
+
+
+def fit(policy, batch: dict, steps: int, lr: float) -> list[dict]:
+    """Train `policy` on one batch for `steps` AdamW steps; the metrics of every step, first to last."""
+    import torch
+
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        loss, metrics = policy(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(metrics)
+    return history

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.conftest import fit, tiny_config
 from vla import keys
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.stats import get_stats
@@ -63,14 +63,7 @@ def test_every_step_supervision_learns_each_steps_chunk(metaworld_store, tmp_pat
     policy, store = make_policy(metaworld_store, tmp_path, every_step_loss=True, foresight_offsets=[1, 2])
     batch = batch_of(policy, store, every_step=True)
     assert batch[keys.ACTION].shape[:2] == (8, 3) and batch[keys.future_key(CAMERA)].shape[:3] == (8, 3, 2)
-    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(40):
-        loss, metrics = policy(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(metrics)
+    losses = fit(policy, batch, steps=40, lr=2e-3)
     assert losses[-1]["loss_arm"] < 0.5 * losses[0]["loss_arm"]
     assert {"loss_foresight_1", "loss_foresight_2"} <= set(losses[-1])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.conftest import fit, tiny_config
 from vla import keys
 from vla.checkpoint import load_policy
 from vla.cli import main
@@ -125,14 +125,7 @@ def test_captioning_loss_falls_and_the_captions_come_back(metaworld_store, capti
     assert policy.model.action_head is None and policy.model.state_encoder is None  # no robot data: no robot parts
     batch = _batch(caption_store)
     assert batch[keys.CAPTION] == CAPTIONS and batch[_image_keys(TrajectoryStore.open(caption_store))[0]].shape[1] == 1
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(300):
-        loss, metrics = policy(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(metrics["loss_text"])
+    losses = [m["loss_text"] for m in fit(policy, batch, steps=300, lr=1e-3)]
     assert losses[-1] < 0.1 * losses[0]
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in policy.model.foresight.parameters())
     policy.eval()
