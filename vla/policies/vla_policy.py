@@ -145,12 +145,13 @@ class VLAPolicy(nn.Module):
         if action:
             losses["action"], metrics = self._action_loss(act, batch, step_keep)
         foresight = [k for k in self.image_keys if keys.future_key(k) in batch and self.config.foresight_weight > 0]
+        per_camera = []
         for k in foresight:
             per_horizon = self._foresight_losses(k, obs_readouts, batch, step_keep)
-            metrics.update({f"loss_foresight_{k_ahead}": v.detach() for k_ahead, v in per_horizon.items()})
-            losses["foresight"] = losses.get("foresight", 0) + sum(per_horizon.values()) / len(per_horizon)
-        if foresight:
-            losses["foresight"] = losses["foresight"] / len(foresight)
+            metrics.update({f"loss_foresight_{ahead}": v.detach() for ahead, v in per_horizon.items()})
+            per_camera.append(sum(per_horizon.values()) / len(per_horizon))
+        if per_camera:
+            losses["foresight"] = sum(per_camera) / len(per_camera)
         return losses, metrics
 
     def _action_loss(self, act: torch.Tensor, batch: dict, step_keep: torch.Tensor):
@@ -167,12 +168,13 @@ class VLAPolicy(nn.Module):
         readouts = obs_readouts[camera]  # (B, [T,] q, d)
         current = batch[key] if self.config.every_step_loss else batch[key][:, -1]  # (B, [T,] H, W, 3)
         future, future_pad = batch[keys.future_key(key)], batch[keys.pad_key(keys.future_key(key))]  # (B,[T,] K,..)
+        readouts, current = readouts.flatten(0, -3), current.flatten(0, -4)  # (N, q, d), (N, H, W, 3)
         losses = {}
         for i, offset in enumerate(offsets):
-            horizon = torch.full(readouts.shape[:-2], i, device=readouts.device).flatten()
-            pred = decoder(readouts.flatten(0, -3), current.flatten(0, -4), horizon)
+            horizon = torch.full(readouts.shape[:1], i, device=readouts.device)
+            pred = decoder(readouts, current, horizon)
             keep = (~future_pad[..., i] & step_keep).flatten()
-            losses[offset] = decoder.loss(pred, current.flatten(0, -4), future[..., i, :, :, :].flatten(0, -4), keep)
+            losses[offset] = decoder.loss(pred, current, future[..., i, :, :, :].flatten(0, -4), keep)
         return losses
 
     def _caption_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
