@@ -71,7 +71,7 @@ def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
             predicted_at.append(t)
             assert prediction.actions.shape == (4, 4)
             assert prediction.foresight[keys.image_key("corner")].shape == (32, 32, 3)
-    assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 5 > 4)
+    assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 4)
 
 
 def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path):
@@ -99,7 +99,8 @@ def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
 
 def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     run = tmp_path / "run"
-    overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "train.batch_size=4", "train.steps=3",
+    overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "policy.n_action_steps=4",
+                 "train.batch_size=4", "train.steps=3",
                  f"train.out={run}", f"data.stores=[{{path: {metaworld_store}}}]", "train.eval.suite=metaworld",
                  "train.eval.tasks=reach-v3", "train.eval.episodes=1", "train.eval.max_steps=5"]  # fmt: skip
     assert main(["train", "-q", *[a for o in overrides for a in ("--set", o)]]) == 0
@@ -155,7 +156,7 @@ def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
 def test_temporal_ensembling_averages_overlapping_chunks(metaworld_store, tmp_path):
     policy, store = make_policy(metaworld_store, tmp_path)
     policy.eval()
-    assert (policy.history, policy.n_action_steps, policy.temporal_ensemble) == (3, 5, 0.0)  # from its config
+    assert (policy.history, policy.n_action_steps, policy.temporal_ensemble) == (3, 4, 0.0)  # from its config
     with pytest.raises(AttributeError):
         policy.temporal_ensemble = 0.5  # how it is executed is the executor's choice, not a switch on the policy
     executor = ChunkExecutor(policy, temporal_ensemble=0.5)

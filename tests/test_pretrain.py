@@ -153,7 +153,7 @@ def test_mixture_batches_come_from_one_store_each_by_weight():
 def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, caption_store, tmp_path, capsys):
     config = tmp_path / "pretrain.yaml"
     config.write_text(
-        "policy: {preset: tiny, history: 3, chunk: 4, foresight_offset: 2}\n"
+        "policy: {preset: tiny, history: 3, chunk: 4, n_action_steps: 4, foresight_offset: 2}\n"
         "data: {stores: "
         f"[{{path: '{video_store}', weight: 2}}, {{path: '{caption_store}', weight: 1}}]}}\n"
         f"train: {{out: '{tmp_path / 'pre'}', steps: 6, batch_size: 4, bf16: false, warmup_steps: 1, log_every: 1}}\n"
