@@ -36,6 +36,7 @@ def test_presets_fill_the_model_and_overrides_win(tmp_path):
         ("data.history=2", "config field data.history is now policy.history"),
         ("train.n_action_steps=2", "config field train.n_action_steps is now policy.n_action_steps"),
         ("train.steps.x=1", "cannot set train.steps.x: steps is not a section"),
+        ("policy.n_action_steps=9", "policy.n_action_steps must be <= policy.chunk (8), got 9"),
     ],
 )
 def test_bad_config_values_are_named(override, message):
@@ -50,6 +51,13 @@ def test_cli_train_bad_input_is_one_line(tmp_path, capsys):
     assert err[0] == f"vla train: error: no config file {tmp_path / 'missing.yaml'}"
     assert err[1] == "vla train: error: no training stores: set data.stores in the config (a list of {path, weight})"
     assert not (tmp_path / "run").exists()
+
+
+def test_every_preset_patches_the_image_sizes_a_store_may_have():
+    """`vla collect` and `vla data import-*` refuse image sizes that are not a multiple of keys.PATCH_SIZE."""
+    from vla import keys
+
+    assert {preset["patch_size"] for preset in PRESETS.values()} == {keys.PATCH_SIZE}
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
         train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
 
 
-def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
+def test_cli_train_then_eval(metaworld_store, tmp_path, capsys, caplog):
     run = tmp_path / "run"
     overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "policy.n_action_steps=4",
                  "train.batch_size=4", "train.steps=3",
@@ -108,6 +108,10 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if m["split"] == "train"][-1] == 3
     assert [m["success"] for m in lines if m["split"] == "eval"] == [0.0]  # the simulator evaluation at the end
+    # ... said on the console too, and with no videos recorded no empty videos/ folder is left
+    assert f"step 3: simulator success 0.0% (metaworld, reach-v3; 1 episodes per task) in {run}" in caplog.text
+    assert (run / "eval" / "step-0000003" / "report.json").exists()
+    assert not (run / "eval" / "step-0000003" / "videos").exists()
     out = tmp_path / "eval"
     code = main(["eval", "--policy", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                  "--max-steps", "5", "--videos", "0", "--out", str(out), "-q"])  # fmt: skip
@@ -116,6 +120,18 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     assert report["tasks"]["reach-v3"]["episodes"] == 1
     foresight = report["tasks"]["reach-v3"]["foresight"]  # the foreseen frame, scored when its step came
     assert set(foresight) == {"psnr", "ssim", "baseline_psnr", "baseline_ssim"} and foresight["psnr"] > 0
+
+
+def test_the_train_bar_draws_at_most_one_frame_per_step(metaworld_store, tmp_path, capsys, monkeypatch):
+    """The loss in the bar's postfix is drawn by the step's update, not by a redraw of its own: a log of
+    the bar has at most one frame per step (it had two), even when every update is allowed to draw."""
+    import vla.train
+
+    bar = vla.train.tqdm
+    monkeypatch.setattr(vla.train, "tqdm", lambda *args, **kw: bar(*args, **{**kw, "mininterval": 0}))
+    train(tiny_config(metaworld_store, tmp_path / "run", steps=12), progress=True)
+    frames = capsys.readouterr().err.count("\r")
+    assert 12 <= frames <= 12 + 2  # + the first and the closing frame
 
 
 @pytest.mark.slow

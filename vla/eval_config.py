@@ -17,8 +17,9 @@ DEFAULT_SUITE = "metaworld"
 @dataclass
 class EvalConfig:
     policy: str = option(help="zero | expert | a checkpoint directory")
-    suite: str | None = option(None, help="metaworld | tabletop (default: the policy's, see default_suite; "
-                               f"{DEFAULT_SUITE} for zero and expert)")  # fmt: skip
+    suite: str | None = option(None, help="metaworld | tabletop (default: a checkpoint's own, its run's "
+                               "train.eval.suite or else the suite with its cameras; metaworld for zero and "
+                               "expert)")  # fmt: skip
     tasks: str | None = option(None, help="a group (mt10, mt50, all) or comma-separated task names; none only "
                                "with --chain")  # fmt: skip
     episodes: int = option(10, min=1, help="episodes per task (chains, with --chain)")
@@ -46,11 +47,10 @@ def default_suite(policy: str | None, features: dict | None) -> str:
     """The suite a checkpoint policy belongs to: the one its run evaluated in (`train.eval.suite`), else the
     one whose cameras it reads (its training data was rendered there); `DEFAULT_SUITE` for zero and expert,
     or when neither says. `vla eval` and `vla control` default to it."""
-    from vla import envs, keys
-
     if policy is None or features is None:
         return DEFAULT_SUITE
-    from vla.checkpoint import load_run_config
+    from vla import envs
+    from vla.checkpoint import load_run_config  # torch: only for a checkpoint
     from vla.errors import UserError
 
     try:

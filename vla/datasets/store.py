@@ -347,8 +347,9 @@ class TrajectoryStore:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(self.path)
-        fs.rm(root, recursive=True)
-        log.info("removed %s: no episode was kept", self.path)
+        if fs.exists(root):  # (a second call finds it gone)
+            fs.rm(root, recursive=True)
+            log.info("removed %s: no episode was kept", self.path)
 
     def __enter__(self) -> TrajectoryStore:
         return self

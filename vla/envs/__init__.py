@@ -98,4 +98,4 @@ def process_pool(workers: int, initializer=None, initargs: tuple = ()):
     try:
         return mp.get_context("spawn").Pool(workers, initializer, initargs)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
