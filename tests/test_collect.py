@@ -7,7 +7,7 @@ import pytest
 
 from vla import keys
 from vla.cli import main
-from vla.datasets.store import TrajectoryStore
+from vla.datasets.store import StoreError, TrajectoryStore
 
 TASKS = "reach-v3,drawer-close-v3"
 
@@ -121,10 +121,18 @@ def test_ctrl_c_with_workers_is_one_line(tmp_path):
             "--episodes-per-task", "50", "--image-size", "16", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (out.exists() and TrajectoryStore.open(out).num_episodes) and time.monotonic() < deadline:
+    while not _episodes_in(out) and time.monotonic() < deadline:
         time.sleep(0.2)  # until the workers are collecting
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.rstrip().endswith("vla collect: interrupted")
+
+
+def _episodes_in(path) -> int:
+    """Episodes committed so far to a store being written (0 while it is still being created)."""
+    try:
+        return TrajectoryStore.open(path).num_episodes
+    except StoreError:
+        return 0
