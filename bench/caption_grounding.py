@@ -34,7 +34,7 @@ def caption_log_likelihoods(policy: VLAPolicy, images: torch.Tensor, text: str) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--policy", required=True)
     parser.add_argument("--store", required=True, help="an image-text store (one image per scene seed)")
     args = parser.parse_args()

@@ -73,7 +73,7 @@ def run(policy, kind: str, hz: float, mode: str, seconds: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--rates", default="10,30,50")
     parser.add_argument("--seconds", type=float, default=6.0, help="per rate and mode")
     parser.add_argument("--robot", default="mock", choices=["mock", "sim"])

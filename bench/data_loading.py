@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from fractions import Fraction
@@ -51,6 +52,9 @@ def ensure_store(path: str | None, workdir: Path) -> TrajectoryStore:
 
 def export_files(store: TrajectoryStore, camera_key: str, workdir: Path) -> tuple[Path, Path]:
     """One MP4 per episode (AV1 via SVT-AV1, GOP 2, CRF 30, yuv420p: LeRobot's defaults) and one PNG per frame."""
+    # SVT-AV1 prints its banner and settings per encoder straight to stderr (not through FFmpeg's log, which
+    # PyAV's log level would quiet): 1,600 lines for a store. SVT_LOG=1 keeps its errors only.
+    os.environ.setdefault("SVT_LOG", "1")
     mp4_dir, png_dir = workdir / "mp4", workdir / "png"
     mp4_dir.mkdir(exist_ok=True)
     png_dir.mkdir(exist_ok=True)
@@ -112,7 +116,7 @@ def samples_per_second(dataset: WindowDataset, batches: int, seed: int = 0) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--store", help="an existing store (default: collect a small Meta-World one)")
     parser.add_argument("--batches", type=int, default=30)
     args = parser.parse_args()

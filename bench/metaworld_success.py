@@ -22,7 +22,7 @@ from vla.train import train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--tasks", default="mt10")
     parser.add_argument("--demos", type=int, default=20, help="demonstrations per task")
     parser.add_argument("--steps", type=int, default=6000, help="training steps")

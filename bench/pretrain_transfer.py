@@ -70,7 +70,7 @@ def _summary(report: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--video-tasks", default="mt10", help="tasks whose action-free clips are pretrained on")
     parser.add_argument("--clips", type=int, default=10, help="video clips per video task")
     parser.add_argument("--tasks", default=TARGETS, help="finetuning and evaluation tasks")

@@ -64,7 +64,8 @@ def tiny_config(store, out, **train):
     """A `tiny` model config on `store`, training into `out`."""
     from vla.config import StoreConfig, load_config
 
-    overrides = ["policy.preset=tiny", "policy.history=3", "policy.chunk=4", "policy.foresight_offsets=[2]",
+    overrides = ["policy.preset=tiny", "policy.history=3", "policy.chunk=4", "policy.n_action_steps=4",
+                 "policy.foresight_offsets=[2]",
                  "train.batch_size=8", "train.log_every=1", "train.val_every=1000", "train.save_every=1000",
                  "train.warmup_steps=2", "train.bf16=false"]  # fmt: skip
     overrides += [f"train.{k}={v}" for k, v in train.items()]

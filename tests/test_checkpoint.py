@@ -19,9 +19,10 @@ from vla.robot.mock import mock_features
 FEATURES = {k: s.to_json() for k, s in mock_features(("front",), 16).items()}
 
 
-def tiny_policy(**fields) -> VLAPolicy:
+def tiny_policy(**settings) -> VLAPolicy:
     torch.manual_seed(0)
-    config = PolicyConfig(**with_preset(dict(preset="tiny", features=FEATURES, history=2, chunk=4, **fields)))
+    fields = {**dict(preset="tiny", features=FEATURES, history=2, chunk=4, n_action_steps=4), **settings}
+    config = PolicyConfig(**with_preset(fields))
     return VLAPolicy(config).eval()
 
 
@@ -127,7 +128,8 @@ def test_loss_weights_come_from_the_config():
 
 def test_a_policy_without_an_action_head_is_refused_where_it_must_act(tmp_path, capsys):
     video_features = {k: v for k, v in FEATURES.items() if keys.is_image_key(k)}  # what video pretraining sees
-    config = PolicyConfig(**with_preset(dict(preset="tiny", features=video_features, history=2, chunk=4)))
+    config = PolicyConfig(**with_preset(dict(preset="tiny", features=video_features, history=2, chunk=4,
+                                             n_action_steps=4)))  # fmt: skip
     checkpoint.save_policy(VLAPolicy(config), tmp_path / "pre")
     assert checkpoint.load_policy(tmp_path / "pre").model.action_head is None  # it still foresees
     message = "this checkpoint has no action head (pretrained on video/image-text); finetune it with vla train"

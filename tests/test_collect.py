@@ -7,7 +7,7 @@ import pytest
 
 from vla import keys
 from vla.cli import main
-from vla.datasets.store import TrajectoryStore
+from vla.datasets.store import StoreError, TrajectoryStore
 
 TASKS = "reach-v3,drawer-close-v3"
 
@@ -96,3 +96,43 @@ def test_tabletop_collect_lists_every_task_and_both_cameras(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert len(info["tasks"]) >= 10 and info["cameras"] == ["static", "wrist"]
     assert info["success_rate"] == 1.0
+
+
+def test_a_collect_that_keeps_no_episode_leaves_no_store(tmp_path, capsys):
+    """One attempt of one step: the expert cannot succeed, nothing is kept, and no empty store is left."""
+    out = tmp_path / "none.zarr"
+    assert main(["collect", "--tasks", "reach-v3", "--episodes-per-task", "1", "--max-attempts-per-task", "1",
+                 "--max-steps", "1", "--image-size", "16", "-q", "--out", str(out)]) == 1  # fmt: skip
+    assert "short of 1 episodes: reach-v3" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_ctrl_c_with_workers_is_one_line(tmp_path):
+    """Ctrl-C reaches every process of the terminal's process group: the pool workers ignore it (no
+    KeyboardInterrupt traceback from them), the parent stops them and says "interrupted"."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "big.zarr"
+    argv = [sys.executable, "-m", "vla.cli", "collect", "--suite", "tabletop", "--tasks", "all", "--workers", "2",
+            "--episodes-per-task", "50", "--image-size", "16", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not _episodes_in(out) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the workers are collecting
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.rstrip().endswith("vla collect: interrupted")
+
+
+def _episodes_in(path) -> int:
+    """Episodes committed so far to a store being written (0 while it is still being created)."""
+    try:
+        return TrajectoryStore.open(path).num_episodes
+    except StoreError:
+        return 0

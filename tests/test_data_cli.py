@@ -67,3 +67,21 @@ def test_truncated_store_is_one_line_error(small_store, capsys):
 def test_missing_store(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "nope.zarr")]) == 2
     assert "no store at" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_reading_is_no_traceback(small_store):
+    """`vla data info S | head -1`: the pipe's reader is gone before vla writes; vla stops quietly, as tools
+    killed by SIGPIPE do (exit 141), with nothing on stderr. Every command goes through the same main."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has already gone (head -1 read its line and exited)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vla.cli", "data", "info", str(small_store)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.stderr == ""
+    assert proc.returncode == 141

@@ -69,7 +69,7 @@ def test_video_decodes_with_the_expected_frame_size(expert_run):
     frames = iio.imread(expert_run / "one" / with_video[0]["video"], plugin="pyav")
     side = 64 * (VIDEO_PANEL // 64)
     assert frames.shape == (with_video[0]["steps"] + 1, side + 2 * BORDER, 2 * side + 2 * BORDER, 3)
-    assert not list((expert_run / "two" / "videos").iterdir())
+    assert not (expert_run / "two" / "videos").exists()  # --videos 0: no empty folder either
 
 
 def test_an_existing_report_is_not_overwritten(expert_run, capsys):
@@ -101,6 +101,55 @@ def test_zero_policy_never_reaches(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["tasks"]["reach-v3"]["successes"] == 0
     assert all(e["steps"] == 40 and e["steps_to_success"] is None for e in report["episodes"])
+
+
+def test_no_videos_make_no_videos_folder(tmp_path):
+    assert not (tmp_path / "zero" / "videos").exists()
+    assert run_eval(tmp_path / "zero", "--policy", "zero", "--tasks", "reach-v3", "--episodes", "1", "--max-steps",
+                    "2", "--videos", "0") == 0  # fmt: skip
+    assert (tmp_path / "zero" / "report.json").exists() and not (tmp_path / "zero" / "videos").exists()
+
+
+def _untrained(features: dict, out, **settings):
+    """An untrained `tiny` policy reading `features` (vla.keys.Spec), saved to `out`."""
+    import torch
+
+    from vla.checkpoint import save_policy
+    from vla.policies.config import PolicyConfig, with_preset
+    from vla.policies.vla_policy import VLAPolicy
+
+    settings = dict(preset="tiny", history=1, chunk=2, n_action_steps=2, **settings)
+    config = PolicyConfig(**with_preset({**settings, "features": {k: s.to_json() for k, s in features.items()}}))
+    torch.manual_seed(0)
+    save_policy(VLAPolicy(config), out)
+    return out
+
+
+def test_a_checkpoint_is_evaluated_in_its_own_suite_by_default(tmp_path):
+    """A tabletop policy given tabletop tasks without --suite is evaluated in tabletop (not "unknown
+    metaworld task"): the suite its run evaluated in, else the one that renders its cameras."""
+    from vla import envs
+    from vla.checkpoint import write
+    from vla.config import Config
+    from vla.eval_config import default_suite
+
+    env = envs.get_suite("tabletop").make_env("lift-block", image_size=16)
+    policy = _untrained(env.unwrapped.feature_specs(), tmp_path / "tabletop")
+    env.close()
+    out = tmp_path / "eval"
+    assert main(["eval", "--policy", str(policy), "--tasks", "lift-block", "--episodes", "1", "--max-steps", "2",
+                 "--videos", "0", "-q", "--out", str(out)]) == 0  # fmt: skip
+    assert json.loads((out / "report.json").read_text())["config"]["suite"] == "tabletop"
+    # The suite the run evaluated in comes first; zero and expert keep Meta-World.
+    from vla.checkpoint import load_policy
+
+    loaded = load_policy(policy)
+    run = Config()
+    run.train.eval.suite, run.policy = "metaworld", loaded.config
+    write(tmp_path / "run", run, loaded, loaded.state_dict(), None)
+    assert default_suite(str(tmp_path / "run"), loaded.features) == "metaworld"
+    assert default_suite(str(policy), loaded.features) == "tabletop"
+    assert default_suite(None, None) == "metaworld"
 
 
 def test_charge_latency_runs_and_records_latency(tmp_path):

@@ -1,9 +1,12 @@
 """The chunk executor: queue order, ensembling weights, stale actions, instruction changes, both clocks."""
 
+import re
+
 import numpy as np
 import pytest
 
 from vla import keys
+from vla.errors import UserError
 from vla.policies.base import ExpertPolicy, Prediction, ZeroPolicy
 from vla.policies.executor import ChunkExecutor
 
@@ -59,8 +62,10 @@ def test_overrides_and_short_chunks():
     policy = Counting(chunk=3, n_action_steps=4)
     assert run_steps(ChunkExecutor(policy), 7) == [0, 1, 2, 100, 101, 102, 200]  # a chunk never outlasts itself
     assert run_steps(ChunkExecutor(policy, n_action_steps=1), 3) == [0, 100, 200]
-    with pytest.raises(ValueError, match="n_action_steps must be >= 1, got 0"):
+    with pytest.raises(UserError, match=re.escape("n_action_steps must be in [1, 3] (the policy predicts chunks of 3")):
         ChunkExecutor(policy, n_action_steps=0)
+    with pytest.raises(UserError, match=re.escape("n_action_steps must be in [1, 3]") + ".*got 99"):
+        ChunkExecutor(policy, n_action_steps=99)  # more actions than a chunk holds: refused, not silently capped
 
 
 def test_temporal_ensembling_weights_the_oldest_most():

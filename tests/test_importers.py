@@ -107,7 +107,7 @@ def test_import_video_camera_size_limit_and_append(clips, tmp_path, capsys):
     "args, message",
     [
         (["--fps", "0"], "--fps must be in (0, 1000], got 0.0"),
-        (["--image-size", "8"], "--image-size must be in [16, 1024], got 8"),
+        (["--image-size", "8"], "--image-size must be a multiple of 8 in [16, 1024], got 8"),
         (["--camera", "a.b"], "--camera must be a name of letters, digits"),
         (["--max-frames", "0"], "--max-frames must be >= 1"),
     ],

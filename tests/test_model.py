@@ -82,3 +82,14 @@ def test_streaming_equals_full_window_recomputation(cameras, history):
                 padded = torch.cat([window[:, :1].expand(-1, history - t - 1, -1, -1), window], dim=1)
                 pad = torch.arange(history)[None].expand(2, -1) < history - t - 1
                 assert (model(lang, padded, pad, readouts="last")[:, 0] - streamed).abs().max() < 1e-5
+
+
+def test_loading_the_sentence_encoder_prints_nothing(capfd):
+    """transformers' "Loading weights" bar was printed by every model command (once per eval worker)."""
+    from transformers.utils import logging as hf_logging
+
+    from vla.model.encoders import SentenceEncoder
+
+    SentenceEncoder()
+    assert capfd.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled()  # silenced for the load only

@@ -116,7 +116,28 @@ def test_the_parsed_defaults_build_the_default_configs():
     "argv, message",
     [
         (["collect", "--out", "{tmp}/a.zarr", "--workers", "0"], "--workers must be >= 1, got 0"),
-        (["collect", "--out", "{tmp}/a.zarr", "--image-size", "8"], "--image-size must be in [16, 1024], got 8"),
+        (
+            ["collect", "--out", "{tmp}/a.zarr", "--image-size", "8"],
+            "--image-size must be a multiple of 8 in [16, 1024]",
+        ),
+        # a store `vla train` could not learn from (frames of whole patches) is refused when it would be collected
+        (
+            ["collect", "--out", "{tmp}/a.zarr", "--image-size", "20"],
+            "--image-size must be a multiple of 8 in [16, 1024], got 20",
+        ),
+        (
+            ["data", "import-video", "{tmp}", "--out", "{tmp}/a.zarr", "--image-size", "20"],
+            "--image-size must be a multiple of 8 in [16, 1024], got 20",
+        ),
+        (["collect", "--out", "{tmp}/a.zarr", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["collect", "--out", "{tmp}/a.zarr", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+        (["collect", "--out", "{tmp}/a.zarr", "--steps-after-success", "-1"], "--steps-after-success must be >= 0"),
+        (["eval", "--policy", "zero", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["eval", "--policy", "zero", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+        (["foresight", "--policy", "p", "--out", "{tmp}/f", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["foresight", "--policy", "p", "--out", "{tmp}/f", "--episode", "-1"], "--episode must be >= 0, got -1"),
+        (["control", "--policy", "zero", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["control", "--policy", "zero", "--temporal-ensemble", "-1"], "--temporal-ensemble must be >= 0, got -1.0"),
         (["collect", "--out", "{tmp}/a.zarr", "--kind", "audio"], "unknown --kind 'audio'; valid: robot, video,"),
         (["collect", "--out", "{tmp}/a.zarr", "--episodes-per-task", "two"], "--episodes-per-task must be int, got"),
         (["eval", "--policy", "zero", "--videos", "-1"], "--videos must be >= 0, got -1"),
@@ -138,7 +159,7 @@ def test_bad_flags_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert captured.out == ""
     assert captured.err.startswith(f"vla {argv[0]}: error: ") and message in captured.err
     assert captured.err.count("\n") == 1
-    assert not (tmp_path / "a.zarr").exists()
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "f").exists()
 
 
 @pytest.mark.parametrize(
@@ -150,11 +171,45 @@ def test_help_shows_defaults_and_does_not_crash(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])
     assert e.value.code == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: vla")
-    expected = {"collect": "(default: 20)", "eval": "(default: 10)", "control": "(default: async)"}
-    if command in (["collect"], ["eval"], ["control"]):
-        assert expected[command[0]] in " ".join(text.split())
+    expected = {"collect": "(default: 20)", "eval": "(default: 10)", "control": "(default: async)",
+                "foresight": "(default: 200)", "train": "(default: none", "pretrain": "(default: configs/"}  # fmt: skip
+    if len(command) == 1 and command[0] in expected:
+        assert expected[command[0]] in text
+
+
+def _commands(parser=None, prefix=()):
+    """(name, parser) of every command and subcommand."""
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    """A bare `vla collect` collects Meta-World mt10 x 20: --help must say so, for every flag of every command."""
+    for name, parser in _commands():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"vla {' '.join(name)} {action.option_strings[0]} has no help text"
+            shown = action.default not in (None, False, [], argparse.SUPPRESS) and not action.required
+            if shown:
+                assert "default" in " ".join(action.help.split()).lower() or f"(default: {action.default})" in text, (
+                    f"vla {' '.join(name)} {action.option_strings[0]} does not show its default {action.default!r}"
+                )
+
+
+def test_version(capsys):
+    from vla import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vla {__version__}"
 
 
 # --- the documented commands keep working --------------------------------------------------------

@@ -66,7 +66,7 @@ def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
             predicted_at.append(t)
             assert prediction.actions.shape == (4, 4)
             assert prediction.foresight[2][keys.image_key("corner")].shape == (32, 32, 3)  # 2 steps ahead
-    assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 5 > 4)
+    assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 4)
 
 
 def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path):
@@ -92,9 +92,10 @@ def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
         train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
 
 
-def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
+def test_cli_train_then_eval(metaworld_store, tmp_path, capsys, caplog):
     run = tmp_path / "run"
-    overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "train.batch_size=4", "train.steps=3",
+    overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "policy.n_action_steps=4",
+                 "train.batch_size=4", "train.steps=3",
                  f"train.out={run}", f"data.stores=[{{path: {metaworld_store}}}]", "train.eval.suite=metaworld",
                  "train.eval.tasks=reach-v3", "train.eval.episodes=1", "train.eval.max_steps=5"]  # fmt: skip
     assert main(["train", "-q", *[a for o in overrides for a in ("--set", o)]]) == 0
@@ -102,6 +103,10 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if m["split"] == "train"][-1] == 3
     assert [m["success"] for m in lines if m["split"] == "eval"] == [0.0]  # the simulator evaluation at the end
+    # ... said on the console too, and with no videos recorded no empty videos/ folder is left
+    assert f"step 3: simulator success 0.0% (metaworld, reach-v3; 1 episodes per task) in {run}" in caplog.text
+    assert (run / "eval" / "step-0000003" / "report.json").exists()
+    assert not (run / "eval" / "step-0000003" / "videos").exists()
     out = tmp_path / "eval"
     code = main(["eval", "--policy", str(run), "--suite", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                  "--max-steps", "5", "--videos", "0", "--out", str(out), "-q"])  # fmt: skip
@@ -112,6 +117,18 @@ def test_cli_train_then_eval(metaworld_store, tmp_path, capsys):
     assert list(foresight) == ["3"]  # the horizon, in steps
     assert foresight["3"]["ms"] == 37.5 and foresight["3"]["psnr"] > 0 and foresight["3"]["frames"] > 0
     assert {"copy_psnr", "gain_db", "changed_psnr", "copy_changed_psnr", "changed_gain_db"} <= set(foresight["3"])
+
+
+def test_the_train_bar_draws_at_most_one_frame_per_step(metaworld_store, tmp_path, capsys, monkeypatch):
+    """The loss in the bar's postfix is drawn by the step's update, not by a redraw of its own: a log of
+    the bar has at most one frame per step (it had two), even when every update is allowed to draw."""
+    import vla.train
+
+    bar = vla.train.tqdm
+    monkeypatch.setattr(vla.train, "tqdm", lambda *args, **kw: bar(*args, **{**kw, "mininterval": 0}))
+    train(tiny_config(metaworld_store, tmp_path / "run", steps=12), progress=True)
+    frames = capsys.readouterr().err.count("\r")
+    assert 12 <= frames <= 12 + 2  # + the first and the closing frame
 
 
 @pytest.mark.slow
@@ -152,7 +169,7 @@ def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
 def test_temporal_ensembling_averages_overlapping_chunks(metaworld_store, tmp_path):
     policy, store = make_policy(metaworld_store, tmp_path)
     policy.eval()
-    assert (policy.history, policy.n_action_steps, policy.temporal_ensemble) == (3, 5, 0.0)  # from its config
+    assert (policy.history, policy.n_action_steps, policy.temporal_ensemble) == (3, 4, 0.0)  # from its config
     with pytest.raises(AttributeError):
         policy.temporal_ensemble = 0.5  # how it is executed is the executor's choice, not a switch on the policy
     executor = ChunkExecutor(policy, temporal_ensemble=0.5)

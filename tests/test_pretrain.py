@@ -146,10 +146,11 @@ def test_mixture_batches_come_from_one_store_each_by_weight():
     assert all(np.array_equal(a, b) for a, b in zip(order(3, 8), order(3, 8)))  # a pure function of the epoch
 
 
-def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, caption_store, tmp_path, capsys):
+def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, caption_store, tmp_path, capsys,
+                                               caplog):  # fmt: skip
     config = tmp_path / "pretrain.yaml"
     config.write_text(
-        "policy: {preset: tiny, history: 3, chunk: 4, foresight_offsets: [2]}\n"
+        "policy: {preset: tiny, history: 3, chunk: 4, n_action_steps: 4, foresight_offsets: [2]}\n"
         "data: {stores: "
         f"[{{path: '{video_store}', weight: 2}}, {{path: '{caption_store}', weight: 1}}]}}\n"
         f"train: {{out: '{tmp_path / 'pre'}', steps: 6, batch_size: 4, bf16: false, warmup_steps: 1, log_every: 1}}\n"
@@ -161,6 +162,7 @@ def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, ca
     capsys.readouterr()
     assert main(["caption", "--policy", str(tmp_path / "pre"), "--store", str(caption_store), "--episode", "1"]) == 0
     assert f'(stored: "{CAPTIONS[1]}")' in capsys.readouterr().out
+    assert "never trained on image-text data" not in caplog.text
 
     cfg = tiny_config(metaworld_store, tmp_path / "fine", steps=1)
     result = train(cfg, init=str(tmp_path / "pre"), progress=False)
@@ -169,6 +171,7 @@ def test_pretrain_caption_then_finetune_from_it(metaworld_store, video_store, ca
     fresh = {module_group(k) for k in report["fresh"]}
     assert fresh == {"model.state_encoder", "model.action_head", "normalizer"}  # all else is pretrained
     assert all(k.startswith("normalizer.") for k in report["skipped"])  # statistics come from the new data
+    assert "matched only" not in caplog.text
     assert any(k.startswith("model.vision.") for k in report["matched"])
     assert any(k.startswith("model.text.") for k in report["matched"])
     fine = _policy(tiny_config(metaworld_store, tmp_path / "x"), metaworld_store)
@@ -183,3 +186,35 @@ def test_pretrain_refuses_robot_only_stores(metaworld_store, tmp_path, capsys):
     assert main(["pretrain", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "no video or image-text store" in err and err.count("\n") == 1
+
+
+def test_train_refuses_stores_without_actions(video_store, tmp_path, capsys):
+    """A finetune needs actions: `vla train` on video alone would make a policy without an action head."""
+    config = tmp_path / "video.yaml"
+    config.write_text(f"data: {{stores: [{{path: '{video_store}'}}]}}\ntrain: {{out: '{tmp_path / 'run'}'}}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"vla train: error: no store among {video_store} (video) holds actions; vla train finetunes a policy that "
+        "acts: pretrain on video/image-text with vla pretrain, then vla train --init-from on robot data\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_caption_warns_when_the_text_head_was_never_trained(metaworld_store, caption_store, tmp_path, caplog):
+    robot_only = train(tiny_config(metaworld_store, tmp_path / "robot", steps=2), progress=False).out
+    assert main(["caption", "--policy", str(robot_only), "--store", str(caption_store)]) == 0
+    assert f"{robot_only} was never trained on image-text data: its text head is untrained" in caplog.text
+
+
+def test_init_from_another_size_warns_how_little_matched(metaworld_store, tmp_path, caplog):
+    """A `tiny` run into `small`: a few tensors match by name and shape; the rest start fresh, said loudly."""
+    from vla.config import load_config
+
+    tiny = train(tiny_config(metaworld_store, tmp_path / "tiny", steps=1), progress=False).out
+    cfg = load_config(overrides=["policy.preset=small", "policy.history=3", "policy.chunk=4", "policy.n_action_steps=4",
+                                 "policy.foresight_offsets=[2]", "train.batch_size=4", "train.steps=1", "train.bf16=false",
+                                 "train.warmup_steps=1", f"train.out={tmp_path / 'small'}"])  # fmt: skip
+    cfg.data.stores = [StoreConfig(str(metaworld_store))]
+    report = train(cfg, init=str(tiny), progress=False).init_report
+    matched, total = len(report["matched"]), len(report["matched"]) + len(report["fresh"])
+    assert f"--init-from {tiny} matched only {matched} of this model's {total} tensors" in caplog.text

@@ -42,6 +42,16 @@ def test_a_recorded_run_reads_back_with_the_actions_sent(tmp_path):
     assert TrajectoryStore.open(path).num_episodes == 2
     with pytest.raises(StoreError, match="differ: action, observation.state"):
         Recorder(path, mock_features(("front",), 8, state_dim=6, action_dim=6), fps=50)
+    # A run at another rate would put steps 1/10 s apart in a store whose steps are 1/50 s apart.
+    with pytest.raises(StoreError, match="holds 50 fps episodes and this run records at 10 Hz; run at --hz 50"):
+        Recorder(path, features, fps=10)
+    assert TrajectoryStore.open(path).num_episodes == 2
+
+
+def test_a_run_that_records_nothing_leaves_no_store(tmp_path):
+    path = tmp_path / "empty.zarr"
+    Recorder(path, robot_features(MockRobot(FEATURES)), fps=50).write(instruction="x", task="mock", success=False)
+    assert not path.exists()
 
 
 # --- the CLI ---------------------------------------------------------------------------------------
@@ -96,6 +106,36 @@ def test_cli_bad_input_is_one_line(argv, message, capsys):
     rc = control([item for pair in base.items() for item in pair])
     out = capsys.readouterr().out.strip()
     assert rc == 2 and message in out and "\n" not in out
+
+
+def test_cli_n_action_steps_beyond_the_chunk_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    """The checkpoint predicts chunks of 4: 99 actions per chunk is refused before the robot moves or a store
+    is made (the zero policy's chunk is 10)."""
+    store = tmp_path / "s.zarr"
+    for policy, chunk in ((str(tiny_checkpoint), 4), ("zero", 10)):
+        rc = control(["--policy", policy, "--robot", "mock", "--instruction", "x", "--duration", "1",
+                      "--n-action-steps", "99", "--record", str(store)])  # fmt: skip
+        out = capsys.readouterr().out
+        assert rc == 2 and out.count("\n") == 1
+        assert f"n_action_steps must be in [1, {chunk}] (the policy predicts chunks of {chunk} actions), got 99" in out
+    assert not store.exists()
+
+
+def test_clamps_are_summed_up_in_one_line():
+    """27 clamps are one line by kind (every event stays in the JSON report); holds are listed one by one."""
+    from vla.robot.report import ControlReport, format_report
+
+    report = ControlReport("sync", 10.0, ticks=30, clamped=27)
+    report.events = [{"tick": t, "time": t / 10, "kind": "max_step", "detail": "dim 0: 0.0115 -> 0.01"}
+                     for t in range(25)]  # fmt: skip
+    report.events += [{"tick": t, "time": t / 10, "kind": "acceleration", "detail": "dim 1: 0.02 -> 0.01"}
+                      for t in (25, 26)]  # fmt: skip
+    report.events.append({"tick": 29, "time": 2.9, "kind": "stale_observation", "detail": "age 600 ms > 500 ms"})
+    lines = format_report(report, "sim:metaworld/reach-v3").splitlines()
+    assert "  clamps by kind: max_step 25, acceleration 2 (each in the report's events)" in lines
+    assert [line for line in lines if "event tick" in line] == [
+        "  event tick 29 (+2.90 s) stale_observation: age 600 ms > 500 ms"
+    ]
 
 
 def test_zero_policy_rehearsal_on_the_mock(capsys):

@@ -111,3 +111,15 @@ def test_shipped_robot_configs_load(path):
     cfg = load_robot_config(path)
     dims = {"delta": (4, 4), "absolute": (6, 6)}[cfg.shield.action_mode]
     cfg.shield.check_dims(*dims)
+
+
+def test_float_rounding_at_a_limit_is_no_clamp_event():
+    """A float32 action a rounding error above the 1 cm step limit ("0.01 -> 0.01") is clipped silently; an
+    action over the limit by a real margin is a clamp event."""
+    cfg = shield_config()
+    state = np.array([0.0, 0.0, 0.2, 0.5], np.float32)
+    rounding = np.float32(0.01) + np.float32(1e-9)  # 0.010000000475 as float32
+    action, events, _ = shield_action(cfg, ShieldMemory(), np.array([rounding, 0, 0, 0], np.float32), state, 1 / HZ)
+    assert events == [] and action[0] <= 0.01
+    _, events, _ = shield_action(cfg, ShieldMemory(), np.array([0.0115, 0, 0, 0]), state, 1 / HZ)
+    assert [kind for kind, _ in events] == ["max_step"] and "0.0115 -> 0.01" in events[0][1]

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vla.config import Config, config_from_tree, save_config
+from vla.config import Config, config_from_tree, read_yaml, save_config
 from vla.errors import UserError
 from vla.policies.config import PolicyConfig, migrate_legacy
 
@@ -60,7 +59,7 @@ def load_policy_config(directory: str | Path) -> PolicyConfig:
     """The PolicyConfig of a checkpoint (or run) directory; older checkpoints' config.yaml is migrated."""
     directory = resolve(directory)
     if (directory / POLICY_CONFIG).is_file():
-        tree = _read_yaml(directory / POLICY_CONFIG)
+        tree = read_yaml(directory / POLICY_CONFIG)
         return config_from_tree(migrate_legacy({"policy": tree})).policy
     return load_run_config(directory).policy
 
@@ -71,17 +70,7 @@ def load_run_config(directory: str | Path) -> Config:
     path = directory / RUN_CONFIG
     if not path.is_file():
         raise UserError(f"{directory} has no {RUN_CONFIG}: it holds a policy, not a training run")
-    return config_from_tree(migrate_legacy(_read_yaml(path)))
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise UserError(f"{path} must hold a mapping, got {tree!r}")
-    return tree
+    return config_from_tree(migrate_legacy(read_yaml(path)))
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -9,11 +9,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+from dataclasses import dataclass
 
-from vla import keys
+from vla import __version__, keys
 from vla.errors import UserError
-from vla.options import ArgumentParser, add_flags, from_args
+from vla.options import ArgumentParser, add_flags, check_fields, from_args, option
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -32,10 +34,31 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from vla.config import load_config
-    from vla.train import train
+    from vla.pretrain import check_finetuning_stores
 
     cfg = load_config(args.config, args.set)
-    result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet)
+    check_finetuning_stores(cfg)
+    return _run_training(args, cfg)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from vla.config import load_config
+    from vla.pretrain import check_pretraining_stores
+
+    cfg = load_config(args.config, args.set)
+    check_pretraining_stores(cfg)
+    return _run_training(args, cfg)
+
+
+def _run_training(args: argparse.Namespace, cfg) -> int:
+    """`vla train` and `vla pretrain`: the one loop. Its run summary and simulator results (INFO) are shown."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from vla.train import train
+
+    logging.getLogger("vla.train").setLevel(logging.INFO)
+    with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+        result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process speaks for the run
         return 0
     if result.init_report:
@@ -47,14 +70,6 @@ def _train(args: argparse.Namespace) -> int:
     val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     print(f"trained to step {result.steps}: train loss {final}{val}; checkpoint in {result.out / 'checkpoint'}")
     return 0
-
-
-def _pretrain(args: argparse.Namespace) -> int:
-    from vla.config import load_config
-    from vla.pretrain import check_pretraining_stores
-
-    check_pretraining_stores(load_config(args.config, args.set))
-    return _train(args)
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -70,8 +85,8 @@ def _foresight(args: argparse.Namespace) -> int:
     from vla.foresight import foresight
     from vla.viz import foresight_table
 
-    summaries = foresight(args.policy, args.out, args.suite, args.tasks, args.store, args.episode, args.seed,
-                          args.max_steps)  # fmt: skip
+    c = from_args(ForesightConfig, args)
+    summaries = foresight(c.policy, c.out, c.suite, c.tasks, c.store, c.episode, c.seed, c.max_steps)
     for s in summaries:
         print(f'{s["name"]}: "{s["instruction"]}", {s["steps"]} steps; {s["paths"]["foresight.mp4"]}')
     print("\n".join(["", "Foresight against copying the last frame (PSNR and gains in dB):", "",
@@ -176,17 +191,27 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_eval)
 
 
+@dataclass
+class ForesightConfig:
+    """`vla foresight`'s flags (see `vla.options`)."""
+
+    policy: str = option(help="a run or checkpoint directory")
+    out: str = option(help="directory for foresight.mp4/.gif, grid.png, metrics.json")
+    suite: str | None = option(None, help="roll out in this suite (with --tasks)")
+    tasks: str | None = option(None, help="task names or a group")
+    store: str | None = option(None, help="or replay an episode of this store (with --episode)")
+    episode: int = option(0, min=0, help="with --store: the index of the episode to replay")
+    seed: int = option(0, min=0, help="with --suite: base seed of the rollouts (the same seed, the same episodes)")
+    max_steps: int = option(200, min=1, help="rollout length limit")
+
+    def __post_init__(self):
+        check_fields(self)
+
+
 def _add_foresight(sub) -> None:
-    """`vla foresight`."""
+    """`vla foresight`: a flag per ForesightConfig field."""
     p = sub.add_parser("foresight", help="video, PNG grid and metrics of what the policy foresees")
-    p.add_argument("--policy", required=True, help="a run or checkpoint directory")
-    p.add_argument("--suite", default=None, help="roll out in this suite (with --tasks)")
-    p.add_argument("--tasks", default=None, help="task names or a group")
-    p.add_argument("--store", default=None, help="or replay an episode of this store (with --episode)")
-    p.add_argument("--episode", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=200, help="rollout length limit")
-    p.add_argument("--out", required=True, help="directory for foresight.mp4/.gif, grid.png, metrics.json")
+    add_flags(p, ForesightConfig)
     p.set_defaults(func=_foresight)
 
 
@@ -231,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = ArgumentParser(prog="vla", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"vla {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_collect, _add_training, _add_caption, _add_eval, _add_foresight, robot_cli.add_parser, _add_data):
         add(sub)
@@ -243,13 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below, not at exit
+        return code
     except UserError as e:
         print(f"vla {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vla {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading (`vla data info S | head -1`): stop quietly, as tools killed by SIGPIPE
+        # do. What is still buffered goes to /dev/null, so Python's flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ attempt, so an interrupted and resumed run leaves the store an uninterrupted one
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -38,12 +37,11 @@ class CollectConfig:
     suite: str = option("metaworld", help="metaworld | tabletop")
     tasks: str = option("mt10", help="a group (mt10, mt50, all) or comma-separated task names")
     episodes_per_task: int = option(20, min=1, help="successful episodes to keep per task (all, with --keep-failures)")
-    image_size: int = option(keys.IMAGE_SIZE, min=keys.MIN_IMAGE_SIZE, max=keys.MAX_IMAGE_SIZE,
-                             help="square image side in pixels")  # fmt: skip
+    image_size: int = option(keys.IMAGE_SIZE, **keys.STORE_IMAGE_SIZES, help="square image side in pixels")
     cameras: str | None = option(None, help="comma-separated cameras (default: the suite's)")
     split: str = option("train", help="scene split, where the suite has them")
     workers: int = option(1, min=1, help="parallel simulator processes")
-    seed: int = option(0, help="base seed: the same seed gives the same store")
+    seed: int = option(0, min=0, help="base seed: the same seed gives the same store")
     steps_after_success: int = option(10, min=0, help="steps kept after the first success, then the episode ends")
     max_steps: int | None = option(None, min=1, help="episode step limit (default: the suite's)")
     keep_failures: bool = option(False, help="also store episodes the expert failed")
@@ -176,10 +174,11 @@ def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
     tasks = envs.resolve_tasks(suite, cfg.tasks)
     cameras = envs.resolve_cameras(suite, cfg.cameras)
     split = envs.resolve_split(suite, cfg.split)
+    created = not TrajectoryStore.exists(cfg.out)
     store = open_store(cfg, suite, tasks, cameras)
     report = CollectReport(cfg.out)
     start = time.perf_counter()
-    pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
+    pool = envs.process_pool(cfg.workers) if cfg.workers > 1 else None
     run = pool.imap if pool else map
     bar = tqdm(total=cfg.episodes_per_task * len(tasks), unit="ep", disable=not progress, desc="collect")
     try:
@@ -190,7 +189,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
         if pool:
             pool.terminate()
         _close_worker_envs()
-        store.close()
+        store.close_or_remove(created)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vla import envs, keys
 from vla.collect import CollectConfig, open_store
+from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError, choice_error
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def collect_image_text(cfg: CollectConfig, progress: bool = True) -> ImageTextRe
     tasks = envs.resolve_tasks(suite, cfg.tasks)
     cameras = envs.resolve_cameras(suite, cfg.cameras or DEFAULT_CAMERAS)
     split = envs.resolve_split(suite, cfg.split)
+    created = not TrajectoryStore.exists(cfg.out)
     store = open_store(cfg, suite, tasks, cameras)
     report = ImageTextReport(cfg.out)
     start = time.perf_counter()
@@ -76,7 +78,7 @@ def collect_image_text(cfg: CollectConfig, progress: bool = True) -> ImageTextRe
                 env.close()
     finally:
         bar.close()
-        store.close()
+        store.close_or_remove(created)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -176,13 +176,32 @@ def read_tree(path: str | Path | None = None, overrides: list[str] | None = None
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no {what} file {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path)
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override {item!r} is not of the form section.field=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        _set_dotted(tree, key.strip(), _parse_yaml(raw, f"override {item!r}"))
     return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file that holds a mapping (an empty file: {}). Malformed YAML, or a file holding a scalar or
+    a list, is a one-line UserError naming the file."""
+    tree = _parse_yaml(Path(path).read_text(), str(path)) or {}
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} must hold a mapping (key: value lines), got {tree!r}")
+    return tree
+
+
+def _parse_yaml(text: str, what: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{what} is not valid YAML: {problem}{where}") from None
 
 
 def config_to_dict(cfg) -> dict:

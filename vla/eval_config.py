@@ -11,12 +11,15 @@ from vla import keys
 from vla.options import check_fields, option
 
 BASELINES = ("zero", "expert")  # --policy values that need no checkpoint
+DEFAULT_SUITE = "metaworld"
 
 
 @dataclass
 class EvalConfig:
     policy: str = option(help="zero | expert | a checkpoint directory")
-    suite: str = option("metaworld", help="metaworld | tabletop")
+    suite: str | None = option(None, help="metaworld | tabletop (default: a checkpoint's own, its run's "
+                               "train.eval.suite or else the suite with its cameras; metaworld for zero and "
+                               "expert)")  # fmt: skip
     tasks: str | None = option(None, help="a group (mt10, mt50, all) or comma-separated task names; none only "
                                "with --chain")  # fmt: skip
     episodes: int = option(10, min=1, help="episodes per task (chains, with --chain)")
@@ -24,7 +27,7 @@ class EvalConfig:
     split: str = option("train", help="scene split, e.g. unseen where the suite has it")
     chain: bool = option(False, help="chains of instructions in one scene (CALVIN-style)")
     charge_latency: bool = option(False, help="hold the last action while the policy computes")
-    seed: int = option(0, help="base seed: the same seed gives the same episodes")
+    seed: int = option(0, min=0, help="base seed: the same seed gives the same episodes")
     videos: int = option(2, min=0, help="episodes per task recorded as MP4")
     out: str | None = option(None, help="report directory (default: runs/eval/<suite>-<time>, or "
                              "<checkpoint>/eval/<suite>-<time>)")  # fmt: skip
@@ -38,3 +41,24 @@ class EvalConfig:
 
     def __post_init__(self):
         check_fields(self)
+
+
+def default_suite(policy: str | None, features: dict | None) -> str:
+    """The suite a checkpoint policy belongs to: the one its run evaluated in (`train.eval.suite`), else the
+    one whose cameras it reads (its training data was rendered there); `DEFAULT_SUITE` for zero and expert,
+    or when neither says. `vla eval` and `vla control` default to it."""
+    if policy is None or features is None:
+        return DEFAULT_SUITE
+    from vla import envs
+    from vla.checkpoint import load_run_config  # torch: only for a checkpoint
+    from vla.errors import UserError
+
+    try:
+        suite = load_run_config(policy).train.eval.suite
+    except UserError:  # a policy directory without its run config
+        suite = ""
+    if suite:
+        return suite
+    cameras = {keys.camera_of(k) for k in features if keys.is_image_key(k)}
+    fitting = [name for name in envs.SUITES if cameras <= set(envs.get_suite(name).cameras)]
+    return fitting[0] if len(fitting) == 1 else DEFAULT_SUITE

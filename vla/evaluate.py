@@ -41,7 +41,7 @@ from tqdm import tqdm
 from vla import envs, keys
 from vla.envs.rollout import Observer, Rollout, TimedAct, rollout
 from vla.errors import UserError
-from vla.eval_config import BASELINES, EvalConfig
+from vla.eval_config import BASELINES, EvalConfig, default_suite
 from vla.eval_report import build_report, video_frame, write_report, write_video
 from vla.policies.base import ExpertPolicy, Policy, Prediction, ZeroPolicy
 from vla.policies.executor import StepClockAct
@@ -258,13 +258,13 @@ def _tasks(cfg: EvalConfig, suite) -> list[str]:
     return [CHAIN_TASK]
 
 
-def _out_dir(cfg: EvalConfig, policy_kind: str) -> Path:
+def _out_dir(cfg: EvalConfig, policy_kind: str, suite: str) -> Path:
     if cfg.out is not None:
         out = Path(cfg.out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(cfg.policy) if policy_kind == "checkpoint" else Path("runs")
-        out = base / "eval" / f"{cfg.suite}-{stamp}"
+        out = base / "eval" / f"{suite}-{stamp}"
     if (out / "report.json").exists():
         raise UserError(f"{out} already holds an evaluation report; choose another --out")
     return out
@@ -280,16 +280,17 @@ class Plan:
 
 
 def prepare(cfg: EvalConfig) -> Plan:
-    """Validate everything before anything is written: bad input raises `UserError` and writes nothing."""
-    suite = envs.get_suite(cfg.suite)
-    split = envs.resolve_split(suite, cfg.split)
-    tasks = _tasks(cfg, suite)
+    """Validate everything before anything is written: bad input raises `UserError` and writes nothing.
+    Without `--suite`, a checkpoint is evaluated in its own suite (`default_suite`)."""
     kind = cfg.policy if cfg.policy in BASELINES else "checkpoint"
     path = cfg.policy if kind == "checkpoint" else None
     policy = load_checkpoint(path) if kind == "checkpoint" else None
     features = policy.features if policy is not None else None
+    suite = envs.get_suite(cfg.suite or default_suite(path, features))
+    split = envs.resolve_split(suite, cfg.split)
+    tasks = _tasks(cfg, suite)
     size, cameras = _env_shape(cfg, suite, features)
-    setup = Setup(cfg.suite, split, kind, path, size, cameras, cfg.max_steps, cfg.chain, cfg.charge_latency,
+    setup = Setup(suite.name, split, kind, path, size, cameras, cfg.max_steps, cfg.chain, cfg.charge_latency,
                   cfg.steps_after_success, video_dir="")  # fmt: skip
     probe = make_env(suite, tasks[0], setup)
     try:
@@ -298,7 +299,7 @@ def prepare(cfg: EvalConfig) -> Plan:
         probe.close()
     if features is not None:
         _check_features(features, env_specs, suite.name)
-    out = _out_dir(cfg, kind)
+    out = _out_dir(cfg, kind, suite.name)
     setup.video_dir = str(out / "videos")
     groups = {name: list(members) for name, members in suite.groups.items()}
     return Plan(setup, tasks, out, groups, policy)
@@ -322,16 +323,18 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
     videos = _videos_possible(cfg.videos)
     split_key = "eval/" + setup.split
     jobs = [
-        Job(task, i, envs.episode_seed(cfg.seed, cfg.suite, split_key, task, i), i < videos)
+        Job(task, i, envs.episode_seed(cfg.seed, setup.suite, split_key, task, i), i < videos)
         for task in tasks
         for i in range(cfg.episodes)
     ]
-    Path(setup.video_dir).mkdir(parents=True, exist_ok=True)
+    if videos and setup.cameras:
+        Path(setup.video_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     # In-process, the policy loaded for validation is the one evaluated; workers load their own.
     results = _run_jobs(setup, jobs, cfg.workers, progress, plan.policy)
     seconds = time.perf_counter() - start
-    config = {**asdict(cfg), "split": setup.split, "image_size": setup.image_size, "cameras": list(setup.cameras)}
+    config = {**asdict(cfg), "suite": setup.suite, "split": setup.split, "image_size": setup.image_size,
+              "cameras": list(setup.cameras)}  # fmt: skip
     report = build_report(config, setup.policy_kind, tasks, plan.groups, [asdict(r) for r in results], seconds)
     if cfg.baseline:
         # The same scenes (seeds) for the reference policy, so the two columns compare like with like.
@@ -351,7 +354,7 @@ def _run_jobs(setup: Setup, jobs: list[Job], workers: int, progress: bool, loade
     try:
         if workers > 1:
             threads = max(1, (mp.cpu_count() or 1) // workers)
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(setup, threads))
+            pool = envs.process_pool(workers, _init_worker, (setup, threads))
             results = []
             for result in pool.imap(_run_job, jobs):
                 results.append(result)

@@ -37,6 +37,9 @@ CAPTION = "caption"  # the text of an image-text episode, as the sampler emits i
 # --- image size: the square side in pixels of every camera frame (envs, stores, robots) ----------
 IMAGE_SIZE = 64  # the default wherever frames are rendered, imported or resized
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # the sizes a user may ask for
+PATCH_SIZE = 8  # every preset's image patch side: frames a policy trains on are a whole number of patches
+# The sizes a store may be collected or imported at, so that `vla train` can learn from it (see vla.options).
+STORE_IMAGE_SIZES = dict(min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, multiple_of=PATCH_SIZE)
 
 
 def image_key(camera: str) -> str:

@@ -19,6 +19,7 @@ the values as strings and `from_args` converts them, so every bad value, whateve
 
     --episodes must be >= 1, got 0        --hz must be in (0, 1000], got 0.0
     --episodes must be int, got 'ten'     unknown --mode 'fast'; valid: sync, async
+    --image-size must be a multiple of 8 in [16, 1024], got 20
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ from dataclasses import MISSING
 
 from vla.errors import UserError, choice_error
 
-CHECKS = ("min", "gt", "max", "choices")  # the checks a field's metadata may carry
+CHECKS = ("min", "gt", "max", "multiple_of", "choices")  # the checks a field's metadata may carry
 
 
-def option(default=MISSING, *, help: str, min=None, gt=None, max=None, choices=None, metavar: str | None = None):
+def option(default=MISSING, *, help: str, min=None, gt=None, max=None, multiple_of=None, choices=None,
+           metavar: str | None = None):  # fmt: skip
     """A dataclass field that is also a command-line flag. `min`/`max` are inclusive bounds, `gt` an
-    exclusive lower bound, `choices` the valid values; no `default` makes the flag required."""
-    meta = dict(help=help, min=min, gt=gt, max=max, choices=tuple(choices) if choices else None, metavar=metavar)
+    exclusive lower bound, `multiple_of` what an int must be a multiple of, `choices` the valid values;
+    no `default` makes the flag required."""
+    choices = tuple(choices) if choices else None
+    meta = dict(help=help, min=min, gt=gt, max=max, multiple_of=multiple_of, choices=choices, metavar=metavar)
     if isinstance(default, list):  # a list field (its bounds apply to each item): a fresh list per instance
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -136,16 +140,20 @@ def _check_type(name: str, value, kind) -> None:
         raise UserError(f"{name} must be {kind.__name__}, got {value!r}")
 
 
-def check_value(name: str, value, *, min=None, gt=None, max=None, choices=None) -> None:
+def check_value(name: str, value, *, min=None, gt=None, max=None, multiple_of=None, choices=None) -> None:
     """Raise the one-line UserError for a `value` of flag `name` outside its bounds or choices."""
     if choices is not None and value not in choices:
         raise choice_error(name, value, choices)
-    if (min is not None and value < min) or (gt is not None and value <= gt) or (max is not None and value > max):
-        raise UserError(f"{name} must be {_valid_range(min, gt, max)}, got {value}")
+    outside = (min is not None and value < min) or (gt is not None and value <= gt) or (max is not None and value > max)
+    if outside or (multiple_of is not None and value % multiple_of):
+        valid = " ".join(filter(None, [multiple_of and f"a multiple of {multiple_of}", _valid_range(min, gt, max)]))
+        raise UserError(f"{name} must be {valid}, got {value}")
 
 
 def _valid_range(min, gt, max) -> str:
     """`>= 1`, `> 0`, `<= 9`, `in [16, 1024]` or `in (0, 1000]`."""
+    if min is None and gt is None and max is None:
+        return ""
     low = f"[{min}" if min is not None else f"({gt}" if gt is not None else None
     if low and max is not None:
         return f"in {low}, {max}]"

@@ -10,6 +10,7 @@ model, loop and checkpoints. A pretraining checkpoint starts a finetuning run wi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from vla import keys
 from vla.config import Config
 from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PRETRAINING_KINDS = ("video", "image-text")
 
@@ -28,6 +31,16 @@ def check_pretraining_stores(cfg: Config) -> None:
     if kinds and not any(k in PRETRAINING_KINDS for k in kinds.values()):
         listed = ", ".join(f"{p} ({k})" for p, k in kinds.items())
         raise UserError(f"no video or image-text store among {listed}; use `vla train` to finetune on robot data")
+
+
+def check_finetuning_stores(cfg: Config) -> None:
+    """`vla train` learns a policy that acts: at least one store must hold actions (video and image-text
+    stores may join the mixture). Without, it would silently make a policy without an action head."""
+    stores = {s.path: TrajectoryStore.open(s.path) for s in cfg.data.stores}
+    if stores and not any(keys.ACTION in store.specs for store in stores.values()):
+        listed = ", ".join(f"{p} ({store.kind})" for p, store in stores.items())
+        raise UserError(f"no store among {listed} holds actions; vla train finetunes a policy that acts: pretrain "
+                        "on video/image-text with vla pretrain, then vla train --init-from on robot data")  # fmt: skip
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
@@ -55,6 +68,11 @@ def captions(policy_dir: str, images: list[str] | None = None, store: str | None
     if not images and not store:
         raise UserError("give --image FILE (one or more) or --store STORE --episode N")
     policy = load_policy(policy_dir)
+    if policy.model.text is None:
+        raise UserError(f"{policy_dir} has no text head (it was saved before captioning existed)")
+    if not policy.model.text.trained:
+        log.warning("%s was never trained on image-text data: its text head is untrained and its captions are "
+                    "noise; pretrain one with image-text stores (vla pretrain)", policy_dir)  # fmt: skip
     size = policy.features[policy.image_keys[0]].shape[0]
     out = []
     for path in images or []:

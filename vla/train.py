@@ -6,10 +6,12 @@ gradient accumulation, periodic validation and checkpoints, exact resume, `torch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from vla.config import Config
 from vla.datasets.sampler import WindowSpec, collate, make_datasets
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
-from vla.errors import UserError
+from vla.errors import UserError, choice_error
 from vla.policies.vla_policy import VLAPolicy
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,16 @@ class MixtureOrder:
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
-    def __call__(self, epoch: int, batch_size: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Whole batches in an epoch; a UserError when the windows do not fill one."""
         n = sum(self.sizes) // batch_size
         if n == 0:
             raise UserError(f"{sum(self.sizes)} training windows are fewer than one batch of {batch_size}")
+        return n
+
+    def __call__(self, epoch: int, batch_size: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.batches_per_epoch(batch_size)
         if len(self.sizes) == 1:
             return list(rng.permutation(self.sizes[0])[: n * batch_size].reshape(n, batch_size))
         stores = rng.choice(len(self.sizes), size=n, p=self.weights)
@@ -134,6 +141,9 @@ def init_from(policy: VLAPolicy, directory: str) -> dict[str, list[str]]:
     skipped = [k for k in source if k not in matched]
     fresh = [k for k in own if k not in matched]
     policy.load_state_dict({**own, **{k: source[k] for k in matched}})
+    if len(matched) < len(own) / 2:  # a pretrained model leaves only a few heads fresh, not most of the model
+        log.warning("--init-from %s matched only %d of this model's %d tensors (another preset or other sizes?); "
+                    "the other %d start fresh", directory, len(matched), len(own), len(fresh))  # fmt: skip
     return {"matched": matched, "skipped": skipped, "fresh": fresh}
 
 
@@ -167,11 +177,23 @@ class TrainResult:
 
 
 def _device(cfg: Config) -> torch.device:
-    if cfg.train.device != "auto":
-        return torch.device(cfg.train.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    """`train.device`: auto (CUDA when there is one, else the CPU) or a torch device this machine has."""
+    name = cfg.train.device
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a torch device; valid: auto, cpu, cuda, cuda:<index>") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        have = torch.cuda.device_count()
+        gpus = f"{have} CUDA device{'s' if have != 1 else ''}" + (f" (cuda:0-{have - 1})" if have else "")
+        raise UserError(
+            f"train.device {name!r}: this machine has {gpus}; valid: auto, cpu" + (", cuda" if have else "")
+        )
+    return device
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -207,6 +229,9 @@ def _distributed() -> tuple[int, int]:
 def prepare(cfg: Config, resume: bool) -> Config:
     """The config a run trains with: on resume, the run's own resolved config."""
     out = Path(cfg.train.out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"train.out {out}: {existing} is a file; set train.out to a directory")
     if resume:
         saved = checkpoint.load_run_config(out)
         saved.train.steps = cfg.train.steps  # the one thing a resume may change: how far to go
@@ -223,8 +248,10 @@ def train(
     cfg = prepare(cfg, resume)
     rank, world = _distributed()
     device, out = _device(cfg), Path(cfg.train.out)
+    check_eval(cfg)
     torch.manual_seed(cfg.train.seed + rank)
     train_set, val_set, order, features, stats = build_data(cfg)
+    order.batches_per_epoch(cfg.train.batch_size * world)
     cfg.policy.features = features
     policy = VLAPolicy(cfg.policy, stats).to(device).train()
     result = TrainResult(out, cfg.train.steps)
@@ -234,46 +261,97 @@ def train(
     ema = EMA(policy, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     step, epoch, start = restore(out, policy, opt, sched, ema) if resume else (0, 0, 0)
     model = _data_parallel(policy, device) if world > 1 else policy
-    out.mkdir(parents=True, exist_ok=True)
-    if result.init_report and rank == 0:
-        (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
-    logger = MetricLogger(out, enabled=rank == 0)
-    stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
     bf16 = use_bf16(cfg, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    tick = time.perf_counter()
-    last = min(cfg.train.steps, stop_at or cfg.train.steps)
-    while step < last:
-        loss, metrics, grad_norm, epoch, index = optimizer_step(cfg, model, stream, opt, sched, autocast)
-        step += 1
-        if ema:
-            ema.update(policy, step)
-        result.losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            rate = (
-                cfg.train.log_every * cfg.train.batch_size * cfg.train.grad_accum * world / (time.perf_counter() - tick)
+    if rank == 0:
+        log.info(run_summary(cfg, train_set, val_set, policy, device, bf16, world, step))
+    with _no_half_made_run(out, rank == 0):
+        out.mkdir(parents=True, exist_ok=True)
+        if result.init_report and rank == 0:
+            (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
+        logger = MetricLogger(out, enabled=rank == 0)
+        stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
+        bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step",
+                   mininterval=0.5)  # fmt: skip
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        samples_per_step = cfg.train.batch_size * cfg.train.grad_accum * world
+        tick = time.perf_counter()
+        last = min(cfg.train.steps, stop_at or cfg.train.steps)
+        while step < last:
+            loss, metrics, grad_norm, epoch, index = optimizer_step(cfg, model, stream, opt, sched, autocast)
+            step += 1
+            if ema:
+                ema.update(policy, step)
+            result.losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn by the update: one frame per step at most
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                rate = cfg.train.log_every * samples_per_step / (time.perf_counter() - tick)
+                logger.log(step, "train", {"loss": loss, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
+                                           "samples_per_s": rate, **metrics})  # fmt: skip
+                tick = time.perf_counter()
+            if val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+                result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device, bf16)
+                logger.log(step, "val", {"loss": result.val_loss})
+            evaluate_now = cfg.train.eval.suite and (
+                step == last or (cfg.train.eval.every and step % cfg.train.eval.every == 0)
             )
-            logger.log(step, "train", {"loss": loss, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-                                       "samples_per_s": rate, **metrics})  # fmt: skip
-            tick = time.perf_counter()
-        if val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-            result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device, bf16)
-            logger.log(step, "val", {"loss": result.val_loss})
-        evaluate_now = cfg.train.eval.suite and (
-            step == last or (cfg.train.eval.every and step % cfg.train.eval.every == 0)
-        )
-        if rank == 0 and (step % cfg.train.save_every == 0 or step == last or evaluate_now):
-            position = {"epoch": epoch, "batch": index + 1}
-            save(cfg, policy, ema, opt, sched, step, position, out)
-        if rank == 0 and evaluate_now:
-            result.success = simulate(cfg, out, step)
-            logger.log(step, "eval", {"success": result.success})
-    bar.close()
-    logger.close()
-    return result
+            if rank == 0 and (step % cfg.train.save_every == 0 or step == last or evaluate_now):
+                position = {"epoch": epoch, "batch": index + 1}
+                save(cfg, policy, ema, opt, sched, step, position, out)
+            if rank == 0 and evaluate_now:
+                result.success = simulate(cfg, out, step)
+                logger.log(step, "eval", {"success": result.success})
+                log.info("step %d: simulator success %.1f%% (%s, %s; %d episodes per task) in %s", step,
+                         100 * result.success, cfg.train.eval.suite, cfg.train.eval.tasks, cfg.train.eval.episodes,
+                         out / "eval" / f"step-{step:07d}")  # fmt: skip
+        bar.close()
+        logger.close()
+        return result
+
+
+@contextlib.contextmanager
+def _no_half_made_run(out: Path, owner: bool):
+    """A run directory made here is removed again when bad input (a UserError) stops the run before its
+    first checkpoint: nothing half-made is left behind."""
+    created = not out.exists()
+    try:
+        yield
+    except UserError:
+        if owner and created and not (out / checkpoint.CHECKPOINT).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def check_eval(cfg: Config) -> None:
+    """`train.eval`'s suite and tasks, checked before training rather than when the first evaluation runs."""
+    from vla import envs
+
+    ev = cfg.train.eval
+    if ev.suite not in ("", *envs.SUITES):
+        raise choice_error("train.eval.suite", ev.suite, ["'' (none)", *envs.SUITES])
+    if not ev.suite:
+        if ev.tasks:
+            raise UserError(f"train.eval.tasks {ev.tasks!r} needs train.eval.suite; valid: {', '.join(envs.SUITES)}")
+        return
+    suite = envs.get_suite(ev.suite)
+    if not ev.tasks:
+        raise UserError(f"train.eval.tasks is empty; valid: {', '.join([*suite.groups, 'all'])} or {suite.name} tasks")
+    envs.resolve_tasks(suite, ev.tasks)
+
+
+def run_summary(cfg: Config, train_set, val_sets, policy, device, bf16: bool, world: int, step: int) -> str:
+    """One line: the data, the steps and batch, the policy's size and the device."""
+    stores = {d.store.path: d.store for d in train_set.datasets}
+    episodes = sum(len(d.episodes) for d in train_set.datasets) + sum(len(d.episodes) for d in val_sets)
+    steps = sum(s.num_steps for s in stores.values())
+    batch = f"batch {cfg.train.batch_size}" + (f" x {cfg.train.grad_accum} accumulated" if cfg.train.grad_accum > 1
+                                               else "") + (f" x {world} processes" if world > 1 else "")  # fmt: skip
+    params = sum(p.numel() for p in policy.parameters())
+    resumed = f", resuming at step {step}" if step else ""
+    return (f"train: {len(stores)} store{'s' if len(stores) > 1 else ''} ({episodes:,} episodes, {steps:,} steps, "
+            f"{len(train_set):,} training windows); {cfg.train.steps:,} steps of {batch}{resumed}; "
+            f"{cfg.policy.preset} policy, {params / 1e6:.1f} M parameters; {device} "
+            f"({'bf16 autocast' if bf16 else 'float32'}); run in {cfg.train.out}")  # fmt: skip
 
 
 def _data_parallel(policy: VLAPolicy, device: torch.device) -> torch.nn.Module:

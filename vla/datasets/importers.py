@@ -72,7 +72,7 @@ def _check_common(src: str | os.PathLike, image_size: int, camera: str) -> Path:
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src} is not a directory" if src.exists() else f"no directory {src}")
-    check_value("--image-size", image_size, min=keys.MIN_IMAGE_SIZE, max=keys.MAX_IMAGE_SIZE)
+    check_value("--image-size", image_size, **keys.STORE_IMAGE_SIZES)
     if not CAMERA_NAME.match(camera):
         raise UserError(f"--camera must be a name of letters, digits, '_' or '-', got {camera!r}")
     return src

@@ -338,6 +338,19 @@ class TrajectoryStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def close_or_remove(self, created: bool) -> None:
+        """Close the store; one that was `created` by this writer and holds no episode is deleted, so a
+        command that kept nothing (bad luck, Ctrl-C) leaves no empty store behind."""
+        self.close()
+        if not created or self.num_episodes:
+            return
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.path)
+        if fs.exists(root):  # (a second call finds it gone)
+            fs.rm(root, recursive=True)
+            log.info("removed %s: no episode was kept", self.path)
+
     def __enter__(self) -> TrajectoryStore:
         return self
 

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import signal
+import threading
 import zlib
 
 import numpy as np
@@ -82,3 +85,17 @@ def episode_seed(seed: int, suite: str, split: str, task: str, attempt: int) -> 
     `vla foresight` "foresight"."""
     key = zlib.crc32(f"{suite}/{split}/{task}".encode())
     return int(np.random.SeedSequence([seed, key, attempt]).generate_state(1)[0] >> 1)
+
+
+def process_pool(workers: int, initializer=None, initargs: tuple = ()):
+    """A pool of `workers` spawned processes (simulators, policies) that ignore SIGINT: Ctrl-C reaches the
+    parent alone, which stops them (`pool.terminate()`) and prints one line, so no worker prints a
+    KeyboardInterrupt traceback. They inherit the ignored signal from the moment they start (an ignored
+    signal stays ignored across exec, and Python keeps it so)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        return mp.get_context("spawn").Pool(workers, initializer, initargs)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return mp.get_context("spawn").Pool(workers, initializer, initargs)
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

@@ -101,13 +101,20 @@ class SentenceEncoder:
 
     def __init__(self, model: str = "minilm"):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         path = minilm_path() if model == "minilm" else Path(model)
         if not (path / "config.json").is_file():
             raise UserError(f"language_model {model!r}: no transformers model directory at {path}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar, in every command and eval worker, is noise
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.dim = self.model.config.hidden_size
         self.cache: dict[str, torch.Tensor] = {}
 

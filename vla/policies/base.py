@@ -33,6 +33,7 @@ class Prediction:
 class Policy(Protocol):
     features: dict[str, keys.Spec]  # the observation keys it reads and `action`, as in the store it learnt from
     history: int  # observations `predict` reads (1: the current one only)
+    chunk: int  # actions in each predicted chunk
     n_action_steps: int  # actions executed from each chunk before predicting again
     temporal_ensemble: float  # k > 0: ACT's temporal ensembling, weights exp(-k * i), oldest first
 
@@ -65,7 +66,7 @@ class ExpertPolicy:
     """A suite's scripted expert behind the policy interface (privileged: it reads the env's state).
     It plans one action at a time, from the current observation alone."""
 
-    history, n_action_steps, temporal_ensemble = 1, 1, 0.0
+    history, chunk, n_action_steps, temporal_ensemble = 1, 1, 1, 0.0
 
     def __init__(self, env, expert, seed: int = 0):
         self.features = env.unwrapped.feature_specs()

@@ -113,6 +113,8 @@ class PolicyConfig:
         self.foresight_offsets = sorted(self.foresight_offsets)
         if self.d_model % self.n_head:
             raise UserError(f"policy.d_model {self.d_model} is not divisible by policy.n_head {self.n_head}")
+        if self.n_action_steps > self.chunk:  # a chunk holds no more actions than that to execute
+            raise UserError(f"policy.n_action_steps must be <= policy.chunk ({self.chunk}), got {self.n_action_steps}")
 
 
 def with_preset(values: dict) -> dict:

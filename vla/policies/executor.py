@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vla.errors import UserError
 from vla.policies.base import Policy, Prediction
 
 
@@ -57,6 +58,8 @@ class ChunkExecutor:
                  temporal_ensemble: float | None = None):  # fmt: skip
         """hz: ticks per clock unit (1 for the step clock). The overrides default to the policy's own."""
         self.policy, self.hz = policy, float(hz)
+        if n_action_steps is not None:
+            check_n_action_steps(policy, n_action_steps)
         self.n_action_steps = int(n_action_steps if n_action_steps is not None else policy.n_action_steps)
         self.temporal_ensemble = float(temporal_ensemble if temporal_ensemble is not None else policy.temporal_ensemble)
         if self.n_action_steps < 1:
@@ -156,6 +159,13 @@ class ChunkExecutor:
         if action is None:
             raise ValueError(f"the policy predicted an empty chunk at tick {tick}: it has no action head")
         return action, prediction
+
+
+def check_n_action_steps(policy: Policy, n_action_steps: int) -> None:
+    """An n_action_steps asked of `policy` (not its own): at least 1 and at most the actions of its chunk."""
+    if not 1 <= n_action_steps <= policy.chunk:
+        raise UserError(f"n_action_steps must be in [1, {policy.chunk}] (the policy predicts chunks of "
+                        f"{policy.chunk} actions), got {n_action_steps}")  # fmt: skip
 
 
 class StepClockAct:

@@ -84,6 +84,11 @@ class VLAPolicy(nn.Module):
         return self.config.history
 
     @property
+    def chunk(self) -> int:
+        """Actions in each predicted chunk."""
+        return self.config.chunk
+
+    @property
     def n_action_steps(self) -> int:
         """Actions executed from each chunk before predicting again."""
         return self.config.n_action_steps

@@ -38,9 +38,9 @@ class ControlConfig:
     robot: str = option("sim", help="sim | mock | lerobot:<type> (e.g. lerobot:so100_follower)")
     config: str | None = option(None, help="robot + shield YAML (default: configs/robot/<robot>.yaml)")
     instruction: str | None = option(None, help="what to do (default for sim: the task's instruction)")
-    suite: str | None = option(None, help="sim: the suite (default: the policy's eval suite)")
+    suite: str | None = option(None, help="sim: the suite (default: the policy's, as for vla eval)")
     task: str | None = option(None, help="sim: the task (default: the policy's first eval task)")
-    seed: int | None = option(None, help="sim: the episode seed (default: the robot config's)")
+    seed: int | None = option(None, min=0, help="sim: the episode seed (default: the robot config's)")
     threads: int | None = option(None, min=1, help="torch threads (default: cores - 1, at most 4)")
     record: str | None = option(None, metavar="STORE", help="append the run to this store as an episode")
     success: str | None = option(None, choices=("yes", "no"), help="the recorded episode's label (default: the "
@@ -94,6 +94,13 @@ def _policy_eval(spec: str, policy):
         return None
 
 
+def _policy_suite(spec: str, policy) -> str:
+    """The suite `vla eval` would evaluate the policy in (`vla.eval_config.default_suite`)."""
+    from vla.eval_config import default_suite
+
+    return default_suite(None if policy is None else spec, _policy_features(policy))
+
+
 def robot_kind(spec: str) -> tuple[str, str]:
     if spec in ("sim", "mock"):
         return spec, ""
@@ -107,7 +114,7 @@ def _sim_target(cmd: ControlConfig, cfg: RobotConfig, policy) -> tuple[str, str]
     from vla import envs
 
     evalc = _policy_eval(cmd.policy, policy)
-    suite = cmd.suite or cfg.robot.sim.suite or (evalc.suite if evalc else "") or "metaworld"
+    suite = cmd.suite or cfg.robot.sim.suite or _policy_suite(cmd.policy, policy)
     task = cmd.task or cfg.robot.sim.task or (evalc.tasks if evalc and evalc.suite == suite else "")
     s = envs.get_suite(suite)
     if not task:  # a task the policy never saw would only rehearse failure: make the user choose
@@ -148,8 +155,7 @@ def _config(cmd: ControlConfig, overrides: list[str], policy) -> RobotConfig:
     if path is None:
         name = {"mock": "mock", "lerobot": rtype}.get(kind)
         if kind == "sim":
-            evalc = _policy_eval(cmd.policy, policy)
-            name = f"sim-{cmd.suite or (evalc.suite if evalc else '') or 'metaworld'}"
+            name = f"sim-{cmd.suite or _policy_suite(cmd.policy, policy)}"
         path = default_config_path(name)
         if path is None and kind == "lerobot":
             raise UserError(f"--robot {cmd.robot} needs a robot config with its shield limits: --config FILE "
@@ -172,6 +178,7 @@ def _threads(threads: int | None) -> None:
 
 # --- the command -----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    from vla.policies.executor import check_n_action_steps
     from vla.robot.protocol import check_policy_fits, robot_features
     from vla.robot.record import Recorder
 
@@ -187,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             check_policy_fits(policy.features, robot)
             _threads(cmd.threads)
+        if loop_cfg.n_action_steps is not None:
+            check_n_action_steps(policy, loop_cfg.n_action_steps)
         # Opened before the robot moves: a store of another schema, or locked, fails the run up front.
         recorder = Recorder(cmd.record, robot_features(robot), fps=loop_cfg.hz) if cmd.record else None
         robot.connect()
@@ -208,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     out = {"robot": robot.name, "policy": cmd.policy, "instruction": instruction, **report.to_json()}
     if recorder is not None:
         success = {"yes": True, "no": False}.get(cmd.success, bool(report.success))
-        episode = recorder.write(instruction=instruction, task=robot.name, success=success)
+        task = getattr(robot, "task", None) or robot.name  # the sim's task name, as collected stores label it
+        episode = recorder.write(instruction=instruction, task=task, success=success)
         out["recorded"] = {"store": cmd.record, "episode": episode, "success": success}
     print(format_report(report, robot.name, out.get("recorded")))
     if cmd.report:

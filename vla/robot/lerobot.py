@@ -35,7 +35,10 @@ from vla.robot.protocol import Observation, RobotDisconnected
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "lerobot is not installed; pip install 'vla[lerobot]' (or lerobot in the same environment)"
+# What works today (README, Robot control): the `lerobot` extra does not resolve beside this project's torch.
+INSTALL_HINT = ("lerobot is not installed here, and no lerobot release installs beside this project's torch 2.13 "
+                "(lerobot 0.4.4 needs torch < 2.11): run vla with lerobot 0.4.4 in a Python 3.11 environment of "
+                "their own (see the README, Robot control)")  # fmt: skip
 
 
 class LeRobotAdapter:

@@ -2,13 +2,14 @@
 
     recorder = Recorder("runs/deploy.zarr", robot_features(robot), fps=10)   # opens or creates; checks the schema
     ... recorder.add(obs.data, sent_action) every tick the shield accepted the observation ...
-    recorder.write(instruction="open the drawer", task="sim:metaworld/drawer-close-v3", success=True)
+    recorder.write(instruction="open the drawer", task="drawer-close-v3", success=True)
 
 The store is opened (or created, kind `robot`) before the robot moves, so a wrong schema or a store
 locked by another writer fails the run before it starts. Each step is the observation the policy saw
 and the action the robot reported sending (after the shield and the robot's own clipping): what was
 done, not what was asked. Ticks whose observation the watchdog rejected (stale frames, NaN state) are
-left out. The episode's source is `policy`.
+left out. The episode's source is `policy`. A store recorded at another rate is refused (its steps
+would not be 1/fps apart), and a store created for a run that recorded nothing is removed again.
 """
 
 from __future__ import annotations
@@ -26,18 +27,23 @@ log = logging.getLogger(__name__)
 class Recorder:
     def __init__(self, path: str, features: dict[str, keys.Spec], fps: float):
         self.path, self.features = str(path), dict(features)
-        if TrajectoryStore.exists(self.path):
-            self.store = TrajectoryStore.open(self.path, mode="a")
-            self._check_schema()
-        else:
+        self.created = not TrajectoryStore.exists(self.path)
+        if self.created:
             self.store = TrajectoryStore.create(self.path, self.features, fps=fps, kind="robot")
+        else:
+            self.store = TrajectoryStore.open(self.path, mode="a")
+            self._check_schema(fps)
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in self.features}
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, fps: float) -> None:
         have = self.store.specs
         if self.store.kind != "robot":
             self.store.close()
             raise StoreError(f"{self.path} holds {self.store.kind} data; a control run records robot trajectories")
+        if self.store.fps != fps:
+            self.store.close()
+            raise StoreError(f"{self.path} holds {self.store.fps:g} fps episodes and this run records at {fps:g} Hz; "
+                             f"run at --hz {self.store.fps:g} or record into another store")  # fmt: skip
         mismatched = [k for k in set(have) | set(self.features) if k not in have or k not in self.features
                       or tuple(have[k].shape) != tuple(self.features[k].shape)]  # fmt: skip
         if mismatched:
@@ -68,4 +74,4 @@ class Recorder:
             self.close()
 
     def close(self) -> None:
-        self.store.close()
+        self.store.close_or_remove(self.created)

@@ -4,9 +4,12 @@ safety event. `vla control` prints `format_report` and writes `to_json()` with `
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from vla.robot.shield import CLAMP_KINDS
 
 
 @dataclass
@@ -65,7 +68,8 @@ def _fmt(value) -> str:
 
 
 def format_report(r: ControlReport, robot: str, recorded: dict | None = None, max_events: int = 50) -> str:
-    """A few lines: rate, timing, counts, then the safety events (the first `max_events`)."""
+    """A few lines: rate, timing, counts, the clamps summed up by kind in one line, then the other safety
+    events (holds, safe stops: the first `max_events`). Every event, clamps included, is in `to_json()`."""
     lines = [
         f"{robot}: {r.ticks} ticks at {r.hz_achieved or 0:.2f} Hz (target {r.hz_target:g}), {r.mode}, "
         f"{r.duration_s:.1f} s; ended: {r.stop_reason}" + ("" if r.success is None else f"; success {r.success}"),
@@ -76,10 +80,15 @@ def format_report(r: ControlReport, robot: str, recorded: dict | None = None, ma
         f"  clamped {r.clamped}, held {r.holds}, safe stops {r.safe_stops}, dropped actions {r.dropped_actions}, "
         f"waiting {r.waiting_ticks}, missed ticks {r.missed_ticks}",
     ]
-    for e in r.events[:max_events]:
+    clamps = Counter(e["kind"] for e in r.events if e["kind"] in CLAMP_KINDS)
+    if clamps:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in clamps.most_common())
+        lines.append(f"  clamps by kind: {kinds} (each in the report's events)")
+    events = [e for e in r.events if e["kind"] not in CLAMP_KINDS]
+    for e in events[:max_events]:
         lines.append(f"  event tick {e['tick']} (+{e['time']:.2f} s) {e['kind']}: {e['detail']}")
-    if len(r.events) > max_events:
-        lines.append(f"  ... {len(r.events) - max_events} more events in the report")
+    if len(events) > max_events:
+        lines.append(f"  ... {len(events) - max_events} more events in the report")
     if recorded:
         lines.append(
             f"  recorded episode {recorded['episode']} into {recorded['store']} (success {recorded['success']})"

@@ -39,6 +39,7 @@ DELTA_FROM = ("measured", "commanded")
 CLAMP_KINDS = ("gripper", "max_step", "velocity", "acceleration", "workspace")  # action changed, still sent
 HOLD_KINDS = ("stale_observation", "nonfinite_state", "nonfinite_action", "bad_action")  # replaced by a hold
 SAFE_STOP = "safe_stop"  # hold, then disconnect: signals, exceptions, disconnects, a watchdog that keeps firing
+ROUNDING = 1e-6  # a change under this share of its limit is float rounding (float32 actions), not a clamp event
 
 
 @dataclass
@@ -153,8 +154,8 @@ def shield_action(
     events: list[tuple[str, str]] = []
     if cfg.gripper is not None:
         g = float(np.clip(a[cfg.gripper], cfg.gripper_low, cfg.gripper_high))
-        if g != a[cfg.gripper]:
-            events.append(("gripper", f"{a[cfg.gripper]:.4g} -> {g:.4g}"))
+        if abs(g - a[cfg.gripper]) > ROUNDING * max(abs(cfg.gripper_low), abs(cfg.gripper_high), 1e-12):
+            events.append(("gripper", f"{a[cfg.gripper]:.6g} -> {g:.6g}"))
         a[cfg.gripper] = g
     if cfg.action_mode == "delta":
         integrate = cfg.delta_from == "commanded" and memory.target is not None
@@ -181,7 +182,7 @@ def _limit_step(cfg: ShieldConfig, memory: ShieldMemory, step: np.ndarray, dt: f
     max_step, by_velocity = cfg.per_dim("max_step"), cfg.per_dim("max_velocity") * dt
     limit = np.minimum(max_step, by_velocity)
     clipped = np.clip(step, -limit, limit)
-    over = np.flatnonzero(clipped != step)
+    over = np.flatnonzero(np.abs(clipped - step) > ROUNDING * limit)
     if len(over):
         kind = "max_step" if np.all(max_step[over] <= by_velocity[over]) else "velocity"
         events.append((kind, _dims(over, step, clipped)))
@@ -189,7 +190,7 @@ def _limit_step(cfg: ShieldConfig, memory: ShieldMemory, step: np.ndarray, dt: f
     dv = cfg.per_dim("max_acceleration") * dt
     v = clipped / dt
     v_new = v_prev + np.clip(v - v_prev, -dv, dv)
-    over = np.flatnonzero(np.abs(v_new - v) > 1e-12)
+    over = np.flatnonzero(np.abs(v_new - v) > ROUNDING * dv)
     if len(over):
         events.append(("acceleration", _dims(over, clipped, v_new * dt)))
     return v_new * dt
@@ -202,7 +203,7 @@ def _held(cfg, memory, state, action_dim, events):
 
 
 def _dims(idx: np.ndarray, before: np.ndarray, after: np.ndarray) -> str:
-    return ", ".join(f"dim {i}: {before[i]:.4g} -> {after[i]:.4g}" for i in idx)
+    return ", ".join(f"dim {i}: {before[i]:.6g} -> {after[i]:.6g}" for i in idx)
 
 
 def check_observation(
