@@ -121,7 +121,7 @@ class WindowDataset(Dataset):
         episodes: np.ndarray | None = None,
         cache_bytes: int = 1 << 30,
     ):
-        self.store = TrajectoryStore.open(store) if isinstance(store, str) else store
+        self.store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
         self.window = window
         self.episodes = np.arange(self.store.num_episodes) if episodes is None else np.asarray(episodes)
         if len(self.episodes) == 0:
@@ -213,7 +213,7 @@ def make_datasets(
     store: TrajectoryStore | str, window: WindowSpec, val_fraction: float = 0.1, seed: int = 0, **kw
 ) -> tuple[WindowDataset, WindowDataset | None]:
     """Train and validation datasets split by episode."""
-    store = TrajectoryStore.open(store) if isinstance(store, str) else store
+    store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
     train_eps, val_eps = split_episodes(store.num_episodes, val_fraction, seed)
     train = WindowDataset(store, window, train_eps, **kw)
     val = WindowDataset(store, window, val_eps, **kw) if len(val_eps) else None
