@@ -82,3 +82,21 @@ def test_streaming_equals_full_window_recomputation(cameras, history):
                 padded = torch.cat([window[:, :1].expand(-1, history - t - 1, -1, -1), window], dim=1)
                 pad = torch.arange(history)[None].expand(2, -1) < history - t - 1
                 assert (model(lang, padded, pad, readouts="last")[:, 0] - streamed).abs().max() < 1e-5
+
+
+def test_an_instruction_past_the_token_limit_is_reported_once(caplog):
+    """Issue 15.11: two long instructions that differ only past the limit embed alike; each is named once."""
+    from vla.model import encoders
+
+    encoder = encoders.SentenceEncoder()
+    head = " ".join(["pick up the red block and place it carefully"] * 10)  # well past 64 tokens
+    long_a, long_b, short = head + " on the left pad", head + " on the right pad", "open the drawer"
+    with caplog.at_level("WARNING", logger="vla.model.encoders"):
+        embedded = encoder([long_a, long_b, short])
+        encoder.cache.clear()
+        encoder([long_a, long_b, short])  # again, even uncached: no second warning
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and all("cut to the sentence encoder's limit of 64" in w for w in warnings)
+    assert all("tokens is cut" in w and "pick up the red block" in w for w in warnings)
+    assert torch.equal(embedded[0], embedded[1])  # what the warning is about
+    assert not torch.equal(embedded[0], embedded[2])
