@@ -166,7 +166,8 @@ def _absolute_run(policy, faults, ticks=12, **shield):
     """The mock in absolute mode (the action is the target position), behind an absolute-mode shield."""
     robot = MockRobot(FEATURES, faults=faults, start=START, action_mode="absolute")
     robot.connect()
-    cfg = shield_config(action_mode="absolute", gripper_state=3, **shield)
+    # Ages are not what these tests judge: a loaded machine must not add stale-frame holds.
+    cfg = shield_config(action_mode="absolute", gripper_state=3, **{"max_obs_age": 30.0, **shield})
     report = ControlLoop(robot, policy, cfg, LoopConfig("t", hz=50, mode="sync", max_ticks=ticks)).run()
     return robot, report
 
@@ -215,8 +216,8 @@ def test_a_frozen_camera_holds_like_a_stale_one(limit, first_hold):
     """Issue 15.5: from tick 5 the camera repeats its frame under fresh timestamps while the arm moves;
     past `max_frozen_ticks` repeats, once the arm has moved more than a step, every tick holds, as stale
     frames do."""
-    robot, report = run_mock(constant_policy(), faults=[Fault(5, "freeze")], hz=50, ticks=15,
-                             shield=shield_config(max_frozen_ticks=limit))  # fmt: skip
+    shield = shield_config(max_frozen_ticks=limit, max_obs_age=30.0, stop_after=60.0)  # frozen frames only
+    robot, report = run_mock(constant_policy(), faults=[Fault(5, "freeze")], hz=50, ticks=15, shield=shield)
     frozen = sorted({e["tick"] for e in report.events if e["kind"] == "frozen_camera"})
     assert frozen == list(range(first_hold, 15))
     assert all(np.array_equal(a, HOLD) for a in robot.sent[first_hold:15])

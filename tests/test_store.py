@@ -229,6 +229,10 @@ def _retype(path, key, dtype, spec_too: bool):
         group.attrs["specs"] = specs
 
 
+def _set(path, name, index, value):
+    zarr.open_group(path, mode="r+")[name][index] = value
+
+
 def _v2_copy(src, dst):
     """The same store as a zarr v2 group: the same attrs, arrays and values."""
     store = TrajectoryStore.open(src)
@@ -251,6 +255,8 @@ def _v2_copy(src, dst):
         (lambda p: _retype(p, keys.ACTION, "float16", True), "schema: action is float16 (4,); action holds float32"),
         (lambda p: _chunk_files(p, CAMERA)[0].unlink(), f"data/{CAMERA}: 1 of 1 chunk files are missing (steps 0..44)"),
         (lambda p: _chunk_files(p, keys.SEED, "meta")[0].unlink(), "meta/seed: 1 of 1 chunk files are missing"),
+        (lambda p: _set(p, "meta/source", 2, "dream"), "meta/source: unknown values ['dream']"),
+        (lambda p: _set(p, "meta/instruction", 4, ""), "meta: episodes [4] have an empty instruction or task"),
     ],
 )
 def test_opening_refuses_what_data_check_rejects(small_store, break_it, message):
@@ -267,6 +273,21 @@ def test_opening_refuses_what_data_check_rejects(small_store, break_it, message)
             opening(small_store)
         assert message in str(error.value) and "vla data check" in str(error.value)
     assert TrajectoryStore.open(small_store, strict=False).problems  # inspection still opens it
+
+
+def test_nonfinite_values_are_refused_where_they_are_read(small_store):
+    """A store written before writes were checked may hold NaN; the sampler reads state and action whole
+    anyway, and refuses them as `vla data check` does."""
+    from tests.conftest import tiny_config
+    from vla.datasets.inspect import check_store
+    from vla.datasets.sampler import WindowDataset
+    from vla.train import build_data
+
+    _set(small_store, f"data/{keys.ACTION}", 7, np.nan)
+    assert check_store(small_store)[0] == ["data/action: non-finite values in steps 0..44"]
+    for opening in (WindowDataset, lambda p: build_data(tiny_config(p, p.parent / "run"))):
+        with pytest.raises(StoreError, match=r"data/action holds non-finite values at steps \[7\]; run `vla data"):
+            opening(small_store)
 
 
 def test_a_zarr_v2_group_is_refused_by_open_and_by_check(small_store, tmp_path):

@@ -81,9 +81,9 @@ def check_store(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(problems, notes). Problems make the store unusable or untrustworthy; notes are benign.
 
     Checks what opening a store checks (zarr v3, format, version, the schema against the data contract
-    and the arrays, the commit record, every chunk file of the committed range present: training and
-    evaluation refuse a store that fails these), then that every chunk decodes, per-episode metadata
-    values, non-finite values, and image episodes that are nothing but the array's fill value (what a
+    and the arrays, the commit record, every chunk file of the committed range present, per-episode
+    metadata values: training and evaluation refuse a store that fails these), then that every chunk
+    decodes, non-finite values, and image episodes that are nothing but the array's fill value (what a
     lost chunk or a misconverted frame reads as: it must never pass for data)."""
     try:
         store = TrajectoryStore.open(path, strict=False)
@@ -103,7 +103,6 @@ def check_store(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         extra = store.array(key).shape[0] - store.num_steps
         if extra > 0:
             notes.append(f"data/{key}: {extra} uncommitted steps past the last episode; the next append trims them")
-    problems += _check_meta(store)
     return problems, notes
 
 
@@ -135,21 +134,4 @@ def _check_array(store: TrajectoryStore, key: str, spec: keys.Spec) -> list[str]
                 f"data/{key}: episodes {which[:10].tolist()}{more} hold nothing but {np.asarray(fill).item()!r}, "
                 "the array's fill value (a lost chunk, a camera that sent nothing, or frames stored in the wrong dtype)"
             )
-    return problems
-
-
-def _check_meta(store: TrajectoryStore) -> list[str]:
-    problems = []
-    try:
-        sources = store.meta(keys.SOURCE)
-        instructions = store.meta(keys.INSTRUCTION)
-        tasks = store.meta(keys.TASK)
-    except Exception as e:
-        return [f"meta: cannot read per-episode metadata: {e}"]
-    bad_sources = sorted(set(sources.tolist()) - set(keys.SOURCES))
-    if bad_sources:
-        problems.append(f"meta/source: unknown values {bad_sources}; valid: {', '.join(keys.SOURCES)}")
-    empty = [i for i, (ins, task) in enumerate(zip(instructions, tasks)) if not ins or not task]
-    if empty:
-        problems.append(f"meta: episodes {empty[:10]} have an empty instruction or task")
     return problems

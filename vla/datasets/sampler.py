@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vla import keys
-from vla.datasets.store import TrajectoryStore
+from vla.datasets.store import StoreError, TrajectoryStore
 from vla.errors import UserError
 
 
@@ -140,6 +140,11 @@ class WindowDataset(Dataset):
         self.instructions = self.store.meta(keys.INSTRUCTION)
         self.tasks = self.store.meta(keys.TASK)
         self._low_dim = {k: self.store.array(k)[:] for k, s in self.store.specs.items() if len(s.shape) == 1}
+        for key, values in self._low_dim.items():  # read whole anyway: refuse what `vla data check` would
+            bad = np.flatnonzero(~np.isfinite(values[: self.store.num_steps]).all(axis=1))
+            if len(bad):
+                raise StoreError(f"{self.store.path}: data/{key} holds non-finite values at steps {bad[:5].tolist()}"
+                                 f"{' ...' if len(bad) > 5 else ''}; run `vla data check`")  # fmt: skip
         self._caches: dict[str, _ChunkCache] | None = None  # built lazily, once per worker process
 
     def __len__(self) -> int:

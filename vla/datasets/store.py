@@ -230,6 +230,8 @@ class TrajectoryStore:
             self.problems = self._schema_problems()
             self._ends = self._committed_ends()
             self.problems += self._missing_chunks()
+            if not self.problems:  # metadata values, from the few chunks of per-episode metadata
+                self.problems += self._meta_problems()
             if self.problems and strict:
                 more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
                 raise StoreError(f"{path} fails its checks: {self.problems[0]}{more}; run `vla data check {path}`")
@@ -393,6 +395,21 @@ class TrajectoryStore:
                 spans = ", ".join(f"{c * chunk}..{min((c + 1) * chunk, length) - 1}" for c in missing[:5])
                 problems.append(f"{name}: {len(missing)} of {expected} chunk files are missing (steps {spans}"
                                 f"{', ...' if len(missing) > 5 else ''})")  # fmt: skip
+        return problems
+
+    def _meta_problems(self) -> list[str]:
+        """Per-episode metadata values: known sources, an instruction and a task for every episode."""
+        try:
+            sources, instructions, tasks = (self.meta(f) for f in (keys.SOURCE, keys.INSTRUCTION, keys.TASK))
+        except Exception as e:
+            return [f"meta: cannot read per-episode metadata: {e}"]
+        problems = []
+        bad_sources = sorted(set(sources.tolist()) - set(keys.SOURCES))
+        if bad_sources:
+            problems.append(f"meta/source: unknown values {bad_sources}; valid: {', '.join(keys.SOURCES)}")
+        empty = [i for i, (ins, task) in enumerate(zip(instructions, tasks)) if not ins or not task]
+        if empty:
+            problems.append(f"meta: episodes {empty[:10]} have an empty instruction or task")
         return problems
 
     # --- the commit record ------------------------------------------------------------------------
