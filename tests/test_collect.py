@@ -136,3 +136,38 @@ def _episodes_in(path) -> int:
         return TrajectoryStore.open(path).num_episodes
     except StoreError:
         return 0
+
+
+def test_one_and_two_workers_give_identical_stores(tmp_path):
+    """Issue 15: with one worker an env runs a task's episodes in turn, with two a fresh env may run the
+    second; push-v3's second episode then started from another first frame. Every array must agree."""
+    stores = {}
+    for workers in ("1", "2"):
+        stores[workers] = tmp_path / f"w{workers}.zarr"
+        assert main(["collect", "--suite", "metaworld", "--tasks", "reach-v3,push-v3", "--episodes-per-task", "2",
+                     "--max-steps", "40", "--keep-failures", "--image-size", "32", "--workers", workers, "-q",
+                     "--out", str(stores[workers])]) == 0  # fmt: skip
+    one, two = TrajectoryStore.open(stores["1"]), TrajectoryStore.open(stores["2"])
+    assert one.num_episodes == two.num_episodes == 4
+    for i in range(one.num_episodes):
+        assert one.episode_meta(i) == two.episode_meta(i)
+        a, b = one.episode(i), two.episode(i)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"episode {i} {key}")
+
+
+def test_a_collect_killed_while_creating_its_store_resumes(tmp_path, capsys):
+    """Issue 15.3: a collect killed ~30 ms after its store's zarr.json appeared (an older version created
+    the store in place) left a bare skeleton; `data check` calls it incomplete and the same command
+    replaces it and collects."""
+    import zarr
+
+    out = tmp_path / "demos.zarr"
+    zarr.open_group(out, mode="w-")  # the kill state: the root zarr.json, nothing else
+    assert main(["data", "check", str(out)]) == 1
+    assert "is an incomplete store (its creation was interrupted" in capsys.readouterr().out
+    command = ["collect", "--suite", "metaworld", "--tasks", "reach-v3", "--episodes-per-task", "1", "--max-steps",
+               "5", "--keep-failures", "--image-size", "16", "-q", "--out", str(out)]  # fmt: skip
+    assert main(command) == 0
+    assert TrajectoryStore.open(out).num_episodes == 1 and main(["data", "check", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.zarr"]

@@ -33,7 +33,7 @@ def clips(tmp_path):
     d = tmp_path / "clips"
     d.mkdir()
     write_clip(d / "push.mp4", frames=30, fps=30)  # 1 s at 30 fps: 10 frames at 10 fps
-    write_clip(d / "slow.mp4", frames=10, fps=5)  # 1.8 s at 5 fps: held to 10 fps, 19 frames
+    write_clip(d / "slow.mp4", frames=10, fps=5)  # 2 s at 5 fps (the last frame too lasts 0.2 s): 20 frames
     write_clip(d / "uncaptioned.mp4", frames=5, fps=10)
     (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not a video" * 50)
     gif = [Image.fromarray(np.full((40, 50, 3), 30 * i, np.uint8)) for i in range(6)]
@@ -73,7 +73,7 @@ def test_import_video(clips, tmp_path, capsys, caplog):
     assert [m[keys.SEED] for m in meta] == [0, 1, 2]
     assert all(m[keys.SOURCE] == "video" and m[keys.SUCCESS] for m in meta)
     lengths = np.diff(np.concatenate([[0], store.episode_ends]))
-    for length, expected in zip(lengths, [6, 10, 19], strict=True):
+    for length, expected in zip(lengths, [6, 10, 20], strict=True):
         assert abs(length - expected) <= 1
     # The square moves 6 source pixels (3 frames at 30 fps) per stored step: its centre moves right every step.
     push = store.episode(1)[CORNER].astype(float).mean(axis=(1, 3))  # (T, W) column brightness
@@ -100,7 +100,7 @@ def test_import_video_camera_size_limit_and_append(clips, tmp_path, capsys):
     assert import_video(clips, out, *args, "--append") == 0
     assert TrajectoryStore.open(out).num_episodes == 8
     assert import_video(clips, out, "--append") == 2  # another schema (camera, size)
-    assert "this import writes observation.images.corner" in capsys.readouterr().err
+    assert "another schema: observation.images.corner is missing from the store" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -203,3 +203,65 @@ def test_import_image_text_coco(images, tmp_path, capsys):
     grey = store.episode(store.meta(keys.TASK).tolist().index("more/grey.png"))[keys.image_key("static")]
     assert grey.shape == (1, 32, 32, 3) and abs(int(grey.mean()) - 200) <= 2  # RGBA became RGB
     assert main(["data", "check", str(out)]) == 0
+
+
+# --- timing and orientation of decoded clips (issue 15.13) ------------------------------------------------
+def _gif(path, durations_ms):
+    """Frame i is a flat grey of 40 * (i + 1), shown for durations_ms[i]."""
+    frames = [Image.fromarray(np.full((16, 16, 3), 40 * (i + 1), np.uint8)) for i in range(len(durations_ms))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=list(durations_ms), loop=0)
+
+
+@pytest.mark.parametrize(
+    "durations, shown",
+    [
+        ([100, 300, 50, 150], [0, 1, 1, 1, 2, 3]),  # 600 ms at 10 fps: samples at 0, 100, ..., 500 ms
+        ([500, 500, 500], [0] * 5 + [1] * 5 + [2] * 5),  # the last frame holds for its own 500 ms too
+        ([100, 100], [0, 1]),
+    ],
+)
+def test_every_frame_lasts_its_duration_the_last_one_too(tmp_path, durations, shown):
+    from vla.datasets.importers import decode_video
+
+    _gif(tmp_path / "clip.gif", durations)
+    frames, _ = decode_video(tmp_path / "clip.gif", fps=10, size=16)
+    assert [int(f[8, 8, 0]) for f in frames] == [40 * (i + 1) for i in shown]
+
+
+def _rotated_clip(path, degrees: int):
+    """A 64x32 landscape clip whose top-left quadrant is white, stored with a display rotation of
+    `degrees` (counterclockwise, as PyAV reads it back from `frame.rotation`)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(degrees)
+        image = np.zeros((32, 64, 3), np.uint8)
+        image[:16, :32] = 255
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize(
+    "degrees, bright",
+    [
+        (0, "top-left"),
+        (-90, "top-right"),  # a phone's portrait clip: shown turned 90 degrees clockwise
+        (90, "bottom-left"),
+        (180, "bottom-right"),
+    ],
+)
+def test_a_clip_is_imported_as_it_is_displayed(tmp_path, degrees, bright):
+    """Shown upright (display rotation applied), centre-cropped to a square, then resized: the white
+    quadrant lands where a player shows it."""
+    from vla.datasets.importers import decode_video
+
+    _rotated_clip(tmp_path / "clip.mp4", degrees)
+    frames, _ = decode_video(tmp_path / "clip.mp4", fps=10, size=16)
+    frame = frames[0].astype(float).mean(axis=2)
+    quadrants = {"top-left": frame[:8, :8], "top-right": frame[:8, 8:], "bottom-left": frame[8:, :8],
+                 "bottom-right": frame[8:, 8:]}  # fmt: skip
+    means = {name: q.mean() for name, q in quadrants.items()}
+    assert means[bright] > 200 and all(m < 60 for name, m in means.items() if name != bright), means

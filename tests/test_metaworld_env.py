@@ -9,7 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from vla import keys
-from vla.envs import get_suite
+from vla.envs import episode_seed, get_suite
 from vla.envs.meta_world import CAMERAS, INSTRUCTIONS, MT10, MT50, MetaWorldEnv, MetaWorldExpert
 from vla.errors import UserError
 
@@ -131,6 +131,26 @@ def test_seed_fixes_the_episode(suite):
         np.testing.assert_array_equal(first[key], again[key])
     assert info["instruction"] == info_again["instruction"]
     assert not np.array_equal(first[IMG], other[IMG])
+
+
+def test_a_reused_env_starts_an_episode_as_a_fresh_one_does(suite):
+    """push-v3 places its goal from where the last episode left the puck; the next episode's first frame
+    must not show that (a collect worker reuses its env across episodes: issue 15, workers 1 vs 2)."""
+    used, fresh = suite.make_env("push-v3"), suite.make_env("push-v3")
+    try:
+        expert = suite.make_expert(used)
+        seeds = [episode_seed(0, "metaworld", "train", "push-v3", attempt) for attempt in (0, 1)]
+        used.reset(seed=seeds[0])
+        expert.reset(seeds[0])
+        for _ in range(40):  # the expert has pushed the puck off level
+            used.step(expert.act(None))
+        again, _ = used.reset(seed=seeds[1])
+        first, _ = fresh.reset(seed=seeds[1])
+    finally:
+        used.close()
+        fresh.close()
+    for key in first:
+        np.testing.assert_array_equal(again[key], first[key], err_msg=key)
 
 
 def _rendered_rotated(env: MetaWorldEnv, camera: str) -> np.ndarray:

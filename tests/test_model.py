@@ -93,3 +93,21 @@ def test_loading_the_sentence_encoder_prints_nothing(capfd):
     SentenceEncoder()
     assert capfd.readouterr().err == ""
     assert hf_logging.is_progress_bar_enabled()  # silenced for the load only
+
+
+def test_an_instruction_past_the_token_limit_is_reported_once(caplog):
+    """Issue 15.11: two long instructions that differ only past the limit embed alike; each is named once."""
+    from vla.model import encoders
+
+    encoder = encoders.SentenceEncoder()
+    head = " ".join(["pick up the red block and place it carefully"] * 10)  # well past 64 tokens
+    long_a, long_b, short = head + " on the left pad", head + " on the right pad", "open the drawer"
+    with caplog.at_level("WARNING", logger="vla.model.encoders"):
+        embedded = encoder([long_a, long_b, short])
+        encoder.cache.clear()
+        encoder([long_a, long_b, short])  # again, even uncached: no second warning
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and all("cut to the sentence encoder's limit of 64" in w for w in warnings)
+    assert all("tokens is cut" in w and "pick up the red block" in w for w in warnings)
+    assert torch.equal(embedded[0], embedded[1])  # what the warning is about
+    assert not torch.equal(embedded[0], embedded[2])

@@ -212,8 +212,9 @@ def test_init_from_another_size_warns_how_little_matched(metaworld_store, tmp_pa
 
     tiny = train(tiny_config(metaworld_store, tmp_path / "tiny", steps=1), progress=False).out
     cfg = load_config(overrides=["policy.preset=small", "policy.history=3", "policy.chunk=4", "policy.n_action_steps=4",
-                                 "policy.foresight_offsets=[2]", "train.batch_size=4", "train.steps=1", "train.bf16=false",
-                                 "train.warmup_steps=1", f"train.out={tmp_path / 'small'}"])  # fmt: skip
+                                 "policy.foresight_offsets=[2]", "train.batch_size=4", "train.steps=1",
+                                 "train.bf16=false", "train.warmup_steps=1",
+                                 f"train.out={tmp_path / 'small'}"])  # fmt: skip
     cfg.data.stores = [StoreConfig(str(metaworld_store))]
     report = train(cfg, init=str(tiny), progress=False).init_report
     matched, total = len(report["matched"]), len(report["matched"]) + len(report["fresh"])

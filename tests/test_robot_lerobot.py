@@ -28,13 +28,14 @@ def arm_shield(**overrides) -> ShieldConfig:
 class DocumentedArm:
     """A robot exactly as LeRobot documents `Robot`: flat feature dicts (float per motor, (h, w, 3) per
     camera), `connect(calibrate)`, `get_observation() -> dict`, `send_action(dict) -> dict actually sent`
-    (here clipped to 5 units from the present position, like LeRobot's `max_relative_target`)."""
+    (here clipped to 5 units from the present position, like LeRobot's `max_relative_target`). Its camera
+    is live: the corner pixel counts the reads, as a real camera's noise makes every frame differ."""
 
     name = "documented_arm"
 
     def __init__(self):
         self.present = {f"{m}.pos": 0.0 for m in MOTORS}
-        self.connected, self.goals = False, []
+        self.connected, self.goals, self.reads = False, [], 0
 
     @property
     def observation_features(self) -> dict:
@@ -54,6 +55,8 @@ class DocumentedArm:
     def get_observation(self) -> dict:
         frame = np.zeros((48, 64, 3), np.uint8)
         frame[:, :8] = 255  # a bar on the left edge: cropped away by the centre crop
+        self.reads += 1
+        frame[0, 0] = self.reads % 256
         return {**self.present, "temperature": 31.5, "front": frame}
 
     def send_action(self, action: dict) -> dict:
@@ -186,7 +189,7 @@ def test_a_minimal_lerobot_robot_subclass(tmp_path):
 
         def __init__(self, config):
             super().__init__(config)
-            self.q, self.connected = {"a.pos": 0.0, "b.pos": 0.0}, False
+            self.q, self.connected, self.reads = {"a.pos": 0.0, "b.pos": 0.0}, False, 0
 
         observation_features = property(lambda self: {"a.pos": float, "b.pos": float, "cam": (20, 30, 3)})
         action_features = property(lambda self: {"a.pos": float, "b.pos": float})
@@ -200,8 +203,9 @@ def test_a_minimal_lerobot_robot_subclass(tmp_path):
 
         def configure(self): ...
 
-        def get_observation(self):
-            return {**self.q, "cam": np.full((20, 30, 3), 7, np.uint8)}
+        def get_observation(self):  # a live camera: every frame differs (a frozen one makes the shield hold)
+            self.reads += 1
+            return {**self.q, "cam": np.full((20, 30, 3), self.reads % 256, np.uint8)}
 
         def send_action(self, action):
             self.q.update(action)

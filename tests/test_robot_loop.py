@@ -159,3 +159,73 @@ def test_wall_clock_pacing_and_report_fields():
     assert set(wanted) <= set(d)
     assert d["ticks"] == 25 and d["duration_s"] >= 24 / 25 - 0.02  # paced: never faster than 25 Hz
     assert d["clamped"] == 0 and d["safe_stops"] == 0
+
+
+# --- nothing non-finite reaches the robot; frozen cameras hold (issue 15.4, 15.5) ------------------------
+def _absolute_run(policy, faults, ticks=12, **shield):
+    """The mock in absolute mode (the action is the target position), behind an absolute-mode shield."""
+    robot = MockRobot(FEATURES, faults=faults, start=START, action_mode="absolute")
+    robot.connect()
+    # Ages are not what these tests judge: a loaded machine must not add stale-frame holds.
+    cfg = shield_config(action_mode="absolute", gripper_state=3, **{"max_obs_age": 30.0, **shield})
+    report = ControlLoop(robot, policy, cfg, LoopConfig("t", hz=50, mode="sync", max_ticks=ticks)).run()
+    return robot, report
+
+
+def test_a_nan_reply_is_a_fault_and_never_the_command_a_hold_repeats():
+    """Issue 15.4: the robot's reply holds NaN at tick 3 (absolute mode). That reply is logged as a fault,
+    the next tick holds the last finite command, then the run goes on; nothing non-finite is ever sent."""
+    target = (0.1, 0.0, 0.2, -1.0)  # 10 cm away: the shield steps 1 cm a tick towards it
+    robot, report = _absolute_run(constant_policy(target), [Fault(3, "nan_reply")])
+    assert robot.fired == [(3, "nan_reply")]
+    assert all(np.all(np.isfinite(a)) for a in robot.sent)
+    faults = [(e["tick"], e["kind"]) for e in report.events if e["kind"] not in ("max_step", "acceleration")]
+    assert faults == [(3, "bad_reply"), (4, "bad_reply")]  # the reply, then the hold it caused
+    np.testing.assert_array_equal(robot.sent[4], robot.sent[3])  # held at the last finite target
+    assert robot.sent[5][0] > robot.sent[4][0]  # then moving on
+    assert report.holds == 2 and report.safe_stops == 0 and report.stopped_by == "completed"
+
+
+def test_replies_that_stay_nan_end_in_a_safe_stop():
+    faults = [Fault(t, "nan_reply") for t in range(3, 200)]
+    robot, report = _absolute_run(constant_policy((0.1, 0.0, 0.2, -1.0)), faults, ticks=200, stop_after=0.1)
+    assert report.safe_stops == 1 and "watchdog: bad_reply" in report.stop_reason and not robot.is_connected
+    assert all(np.all(np.isfinite(a)) for a in robot.sent)
+
+
+def test_a_nonfinite_policy_output_holds_in_absolute_mode():
+    nan = ScriptedPolicy(lambda i, n: np.full((n, 4), np.nan if i % 2 else 0.05, np.float32), chunk=2)
+    robot, report = _absolute_run(nan, [], ticks=10)
+    assert all(np.all(np.isfinite(a)) for a in robot.sent)
+    assert report.holds >= 4 and {e["kind"] for e in report.events} >= {"nonfinite_action"}
+
+
+def test_the_last_line_refuses_a_nonfinite_command():
+    """Should the shield ever let one through, the loop's one path to the robot refuses it: a safe stop."""
+    robot = MockRobot(FEATURES, start=START)
+    robot.connect()
+    loop = ControlLoop(robot, constant_policy(), shield_config(), LoopConfig("t", hz=50, mode="sync", max_ticks=5))
+    loop.shield.filter = lambda proposed, state: (np.full(4, np.nan, np.float32), [])  # a broken shield
+    report = loop.run()
+    assert report.safe_stops == 1 and "refused to send" in report.stop_reason
+    assert all(np.all(np.isfinite(a)) for a in robot.sent)
+
+
+@pytest.mark.parametrize("limit, first_hold", [(3, 9), (1, 8)])  # 5 mm a tick: past max_step (1 cm) at tick 8
+def test_a_frozen_camera_holds_like_a_stale_one(limit, first_hold):
+    """Issue 15.5: from tick 5 the camera repeats its frame under fresh timestamps while the arm moves;
+    past `max_frozen_ticks` repeats, once the arm has moved more than a step, every tick holds, as stale
+    frames do."""
+    shield = shield_config(max_frozen_ticks=limit, max_obs_age=30.0, stop_after=60.0)  # frozen frames only
+    robot, report = run_mock(constant_policy(), faults=[Fault(5, "freeze")], hz=50, ticks=15, shield=shield)
+    frozen = sorted({e["tick"] for e in report.events if e["kind"] == "frozen_camera"})
+    assert frozen == list(range(first_hold, 15))
+    assert all(np.array_equal(a, HOLD) for a in robot.sent[first_hold:15])
+    assert robot.sent[first_hold - 1][0] > 0  # moving until then
+    assert report.safe_stops == 0
+
+
+def test_a_frozen_camera_escalates_to_a_safe_stop():
+    robot, report = run_mock(constant_policy(), faults=[Fault(2, "freeze")], hz=50, ticks=100,
+                             shield=shield_config(stop_after=0.1))  # fmt: skip
+    assert report.safe_stops == 1 and "watchdog: frozen_camera" in report.stop_reason

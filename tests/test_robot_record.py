@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.robot_fixtures import FEATURES, START, constant_policy, control, run_mock
+from tests.robot_fixtures import FEATURES, START, constant_policy, control, run_mock, shield_config
 from vla import keys
 from vla.checkpoint import save_policy
 from vla.config import load_config
 from vla.datasets.inspect import check_store
 from vla.datasets.store import StoreError, TrajectoryStore
 from vla.policies.vla_policy import VLAPolicy
-from vla.robot import Fault, Recorder, robot_features
+from vla.robot import ControlLoop, Fault, LoopConfig, Recorder, robot_features
 from vla.robot.mock import MockRobot, mock_features
 
 
@@ -40,7 +40,7 @@ def test_a_recorded_run_reads_back_with_the_actions_sent(tmp_path):
     run_mock(constant_policy(), hz=50, ticks=5, recorder=recorder)
     recorder.write(instruction="again", task="mock", success=False)
     assert TrajectoryStore.open(path).num_episodes == 2
-    with pytest.raises(StoreError, match="differ: action, observation.state"):
+    with pytest.raises(StoreError, match="another schema than this robot.s: action: shape"):
         Recorder(path, mock_features(("front",), 8, state_dim=6, action_dim=6), fps=50)
     # A run at another rate would put steps 1/10 s apart in a store whose steps are 1/50 s apart.
     with pytest.raises(StoreError, match="holds 50 fps episodes and this run records at 10 Hz; run at --hz 50"):
@@ -142,3 +142,67 @@ def test_zero_policy_rehearsal_on_the_mock(capsys):
     assert control(["--policy", "zero", "--robot", "mock", "--instruction", "x", "--duration", "0.5", "-q",
                     "--set", "robot.mock.faults=[]", "--set", f"robot.mock.start={START}"]) == 0  # fmt: skip
     assert "safe stops 0" in capsys.readouterr().out
+
+
+# --- what a recorder writes fits the schema; a refused run writes nothing (issue 15.1, 15.12) --------------
+class FloatCameraRobot(MockRobot):
+    """A driver that hands over frames as floats in [0, 1]: stored as uint8 they would all be 0."""
+
+    def get_observation(self):
+        obs = super().get_observation()
+        obs.data = {k: (v / 255.0).astype(np.float32) if keys.is_image_key(k) else v for k, v in obs.data.items()}
+        return obs
+
+
+def test_float_frames_are_refused_by_the_recorder_and_nothing_is_left(tmp_path):
+    path = tmp_path / "runs.zarr"
+    robot = FloatCameraRobot(FEATURES, start=START)
+    recorder = Recorder(path, robot_features(robot), fps=50)
+    robot.connect()
+    report = ControlLoop(robot, constant_policy(), shield_config(), LoopConfig("t", hz=50, mode="sync", max_ticks=5),
+                         recorder).run()  # fmt: skip
+    assert report.safe_stops == 1
+    assert "observation.images.front given as float32" in report.stop_reason and "spec says uint8" in report.stop_reason
+    assert recorder.write(instruction="t", task="mock", success=False) is None
+    assert not path.exists()  # the store the recorder made for this run is gone with it
+
+
+def test_a_recorder_keeps_an_existing_store_it_did_not_write_to(tmp_path):
+    path = tmp_path / "runs.zarr"
+    features = robot_features(MockRobot(FEATURES))
+    Recorder(path, features, fps=50).close()
+    assert not path.exists()
+    recorder = Recorder(path, features, fps=50)
+    recorder.add({k: np.zeros(s.shape, s.dtype) for k, s in features.items()}, np.zeros(4, np.float32))
+    assert recorder.write(instruction="t", task="mock", success=False) == 0
+    Recorder(path, features, fps=50).close()  # opened, nothing written: an existing store stays
+    assert TrajectoryStore.open(path).num_episodes == 1
+    with pytest.raises(StoreError, match="holds steps at 50 fps; this run ticks at 10 Hz"):
+        Recorder(path, features, fps=10)
+
+
+@pytest.mark.parametrize("instruction", ["", "   "])
+def test_a_refused_control_run_writes_nothing(tmp_path, capsys, instruction):
+    store = tmp_path / "ctl.zarr"
+    rc = control(["--policy", "zero", "--robot", "mock", "--instruction", instruction, "--record", str(store)])
+    out = capsys.readouterr().out
+    assert rc == 2 and f"--instruction is required for robot 'mock' (got {instruction!r})" in out
+    assert not store.exists()
+
+
+def test_a_schema_message_names_what_differs(tmp_path, capsys):
+    """Issue 15.12: a store recorded from the mock, then collected into: the two schemas' action keys have
+    the same dtype and shape but other descriptions, and the message says so."""
+    from vla.cli import main
+
+    store = tmp_path / "ctl.zarr"
+    assert control(["--policy", "zero", "--robot", "mock", "--instruction", "reach", "--record", str(store),
+                    "--duration", "0.3", "-q", "--set", "robot.mock.faults=[]"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["collect", "--suite", "metaworld", "--tasks", "reach-v3", "--episodes-per-task", "1",
+                 "--image-size", "32", "--cameras", "corner", "-q", "--append", "--out", str(store)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "another schema: action: description 'mock: position commands" in err
+    assert "in the store, 'end-effector displacement x, y, z in metres per step" in err
+    assert "observation.images.corner is missing from the store" in err
+    assert "float32(4,) in the store, float32(4,) here" not in err

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.robot_fixtures import shield_config
+from vla import keys
 from vla.errors import UserError
 from vla.robot.config import load_robot_config
 from vla.robot.shield import (
@@ -123,3 +124,34 @@ def test_float_rounding_at_a_limit_is_no_clamp_event():
     assert events == [] and action[0] <= 0.01
     _, events, _ = shield_action(cfg, ShieldMemory(), np.array([0.0115, 0, 0, 0]), state, 1 / HZ)
     assert [kind for kind, _ in events] == ["max_step"] and "0.0115 -> 0.01" in events[0][1]
+
+
+def test_repeated_frames_are_a_fault_only_once_the_arm_moved():
+    """An arm at rest, or pressing against something, in a still scene (a sim twin) repeats frames
+    legitimately; a camera whose frame stays while the arm moves more than a step is frozen."""
+    from vla.robot.shield import FrozenFrames
+
+    cfg = ShieldConfig(max_frozen_ticks=2, max_step=[0.01])
+    frame = np.zeros((4, 4, 3), np.uint8)
+    obs = lambda x: {keys.image_key("cam"): frame, keys.OBS_STATE: np.array([x, 0, 0, 1], np.float32)}  # noqa: E731
+    watch = FrozenFrames()
+    assert all(watch.check(cfg, obs(0.0)) == [] for _ in range(10))  # at rest: no fault however long
+    assert all(watch.check(cfg, obs(0.001 * i)) == [] for i in range(5))  # creeping less than a step
+    problems = watch.check(cfg, obs(0.02))
+    assert problems and problems[0][0] == "frozen_camera" and "observation.images.cam" in problems[0][1]
+    frame = frame + 1  # a new frame: the count starts again
+    assert [watch.check(cfg, obs(0.02 * i)) for i in range(2, 5)] == [[], [], []]
+    assert watch.check(cfg, obs(0.1))[0][0] == "frozen_camera"
+
+
+def test_a_bad_reply_is_never_remembered():
+    shield = Shield(ShieldConfig(action_mode="absolute", arm=[0, 1], state_index=[0, 1], gripper=2, gripper_low=0.0,
+                                 gripper_high=100.0), 3, 3, hz=10)  # fmt: skip
+    action, _ = shield.filter(np.array([0.005, 0.0, 50.0]), np.zeros(3))
+    assert shield.sent(np.array([np.nan, 0.0, 50.0], np.float32))[0][0] == "bad_reply"
+    assert shield.sent(np.zeros(2, np.float32))[0][0] == "bad_reply"
+    np.testing.assert_array_equal(shield.memory.last_action, action)
+    hold, _ = shield.hold(np.zeros(3))
+    np.testing.assert_array_equal(hold, action)
+    assert shield.sent(np.array([0.004, 0.0, 50.0], np.float32)) == []  # a finite reply is what was sent
+    np.testing.assert_allclose(shield.memory.last_action, [0.004, 0.0, 50.0])

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla import envs, keys
-from vla.datasets.store import KINDS, StoreError, TrajectoryStore
+from vla.datasets.store import KINDS, StoreError, TrajectoryStore, schema_difference
 from vla.envs.rollout import Episode, record_episode
 from vla.errors import UserError
 from vla.options import check_fields, option
@@ -139,11 +139,10 @@ def open_store(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[str, 
     if store.kind != cfg.kind:
         store.close()
         raise StoreError(f"{cfg.out} is a {store.kind} store; collect --kind {cfg.kind} into another path")
-    if store.specs != specs:
+    difference = schema_difference(store.specs, specs)
+    if difference:
         store.close()
-        raise StoreError(
-            f"{cfg.out} has another schema: {_schema_difference(store.specs, specs)}; collect into a new path"
-        )
+        raise StoreError(f"{cfg.out} has another schema: {difference}; collect into a new path")
     if store.attrs.get("collect") != recipe and not cfg.append:
         store.close()
         raise StoreError(
@@ -151,16 +150,6 @@ def open_store(cfg: CollectConfig, suite, tasks: list[str], cameras: tuple[str, 
             "pass --append to add to it, or choose another path"
         )
     return store
-
-
-def _schema_difference(stored: dict, wanted: dict) -> str:
-    for key in sorted(set(stored) | set(wanted)):
-        if key not in stored or key not in wanted:
-            return f"{key} is {'missing from the store' if key not in stored else 'not collected here'}"
-        have, want = stored[key], wanted[key]
-        if have != want:
-            return f"{key} is {have.dtype}{have.shape} in the store, {want.dtype}{want.shape} here"
-    return "none"
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:

@@ -87,6 +87,21 @@ class Spec:
         return cls(dtype=d["dtype"], shape=tuple(d["shape"]), units=d["units"], description=d["description"])
 
 
+def spec_problem(key: str, spec: Spec) -> str | None:
+    """Why `spec` breaks the data contract for `key`, or None: images are uint8 (H, W, 3) frames, state
+    and action float32 vectors (an int32 action would truncate displacements of a few millimetres, a
+    float16 one round them); no other per-step keys exist."""
+    if is_image_key(key):
+        if spec.dtype == "uint8" and len(spec.shape) == 3 and spec.shape[-1] == 3 and min(spec.shape) > 0:
+            return None
+        return f"{key} is {spec.dtype} {tuple(spec.shape)}; image keys hold uint8 (H, W, 3) frames"
+    if key in (OBS_STATE, ACTION):
+        if spec.dtype == "float32" and len(spec.shape) == 1 and spec.shape[0] > 0:
+            return None
+        return f"{key} is {spec.dtype} {tuple(spec.shape)}; {key} holds float32 (dim,) vectors in raw units"
+    return f"unknown key {key!r}; valid: {OBS_IMAGES}.<camera>, {OBS_STATE}, {ACTION}"
+
+
 def image_spec(camera: str, size: int, description: str = "") -> Spec:
     return Spec("uint8", (size, size, 3), "pixel intensity 0-255, RGB, row 0 at the top", description or camera)
 

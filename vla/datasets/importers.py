@@ -5,8 +5,10 @@ Frames are center-cropped to a square and resized to `image_size` (PIL, bilinear
 shrinking) and stored under `observation.images.<camera>`; name the camera as your robot store's so a
 pretrained vision encoder transfers. Video is decoded with PyAV and resampled to the store's one fps
 by the frames' timestamps (pts x time_base): sample k, at time k / fps from the first frame, takes the
-latest frame shown at or before that time. A faster source is thinned; a slower one is not invented
-between frames, its frames are held (repeated) so that a step means 1 / fps seconds in every clip.
+latest frame shown at or before that time, and the last frame is shown for its own duration (a GIF's
+frames have their own). A faster source is thinned; a slower one is not invented between frames, its
+frames are held (repeated) so that a step means 1 / fps seconds in every clip. Frames are turned
+upright by the clip's display rotation first (phones store portrait clips sideways with a rotation).
 
 Bad files (missing, undecodable, without frames, unreadable images) and captions that name no file
 are reported by name with the reason and skipped, never dropped silently. The store is created only
@@ -28,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vla import keys
-from vla.datasets.store import StoreError, TrajectoryStore
+from vla.datasets.store import StoreError, TrajectoryStore, schema_difference
 from vla.errors import UserError
 from vla.options import check_value
 
@@ -95,9 +97,9 @@ def _store_target(out: str, kind: str, specs: dict[str, keys.Spec], append: bool
     with TrajectoryStore.open(out) as store:
         if store.kind != kind:
             raise StoreError(f"{out} is a {store.kind} store; import {kind} into another path")
-        if store.specs != specs:
-            have = ", ".join(f"{k} {s.shape}" for k, s in store.specs.items())
-            raise StoreError(f"{out} holds {have}; this import writes {', '.join(specs)} at the given --image-size")
+        difference = schema_difference(store.specs, specs)
+        if difference:
+            raise StoreError(f"{out} has another schema: {difference} (see --camera, --image-size)")
         if fps is not None and store.fps != fps:
             raise StoreError(f"{out} holds clips at {store.fps:g} fps; pass --fps {store.fps:g} to add to it")
 
@@ -227,11 +229,26 @@ def square_resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
 
 
+def upright(frame) -> Image.Image:
+    """A decoded video frame as shown: its display rotation applied (a phone clip recorded upright is
+    stored sideways with a display matrix; PyAV's `frame.rotation` is the counterclockwise angle)."""
+    image = frame.to_image()
+    angle = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    if angle in _TRANSPOSE:
+        return image.transpose(_TRANSPOSE[angle])
+    return image.rotate(angle, expand=True) if angle else image
+
+
+_TRANSPOSE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
 def decode_video(path: Path, fps: float, size: int, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """(frames (T, size, size, 3) uint8 at `fps`, the source's frame rate); raises ValueError with the reason.
 
     Streams: sample k (time k / fps after the first frame) takes the latest frame shown at or before
-    it, samples run to the last frame's time, and only sampled frames are converted."""
+    it; each frame is shown from its timestamp until the next one's, the last for its own duration (the
+    stream's frame period where the file gives none), so samples run to the end of the last frame.
+    Frames are turned upright by their display rotation; only sampled frames are converted."""
     import av
 
     rate_out = Fraction(fps).limit_denominator(10_000)
@@ -245,8 +262,16 @@ def decode_video(path: Path, fps: float, size: int, max_frames: int | None = Non
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-        prev, prev_t, prev_image, t0, k = None, None, None, None, 0
+        prev, prev_t, prev_image, t0, k, period = None, None, None, None, 0, 1 / Fraction(rate)
         full = lambda: max_frames is not None and len(frames) >= max_frames  # noqa: E731
+
+        def emit_until(end: Fraction) -> None:  # the samples the previous frame covers, up to `end`
+            nonlocal prev_image, k
+            while t0 + k / rate_out < end and not full():
+                prev_image = square_resize(upright(prev), size) if prev_image is None else prev_image
+                frames.append(prev_image)
+                k += 1
+
         try:
             for index, frame in enumerate(container.decode(stream)):
                 t = Fraction(frame.pts) * frame.time_base if frame.pts is not None else Fraction(index) / rate
@@ -254,23 +279,19 @@ def decode_video(path: Path, fps: float, size: int, max_frames: int | None = Non
                     t0 = t
                 elif t <= prev_t:
                     continue  # a repeated timestamp: the first frame shown at that time stands
-                while prev is not None and t0 + k / rate_out < t and not full():
-                    prev_image = square_resize(prev.to_image(), size) if prev_image is None else prev_image
-                    frames.append(prev_image)
-                    k += 1
+                if prev is not None:
+                    emit_until(t)
                 if full():
                     break
-                prev, prev_t, prev_image = frame, t, None
+                duration = Fraction(frame.duration) * frame.time_base if frame.duration else None
+                prev, prev_t, prev_image, period = frame, t, None, duration or 1 / Fraction(rate)
         except Exception as e:  # a truncated or corrupt stream: keep what decoded, if anything
             if prev is None:
                 raise ValueError(f"does not decode: {_reason(e)}") from None
             log.warning("%s: decoding stopped after %d frames (%s); keeping those", path.name, index, e)
         if prev is None:
             raise ValueError("no frames")
-        while t0 + k / rate_out <= prev_t and not full():  # the last frame holds up to its own time
-            prev_image = square_resize(prev.to_image(), size) if prev_image is None else prev_image
-            frames.append(prev_image)
-            k += 1
+        emit_until(prev_t + period)  # the last frame is shown for its duration
     return np.stack(frames), float(rate)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vla import keys
-from vla.datasets.store import StoreError, TrajectoryStore, _is_local
+from vla.datasets.store import PARTIAL, StoreError, TrajectoryStore, _is_local
 
 
 def _bytes_on_disk(path: str) -> int | None:
@@ -80,62 +80,58 @@ def format_info(info: dict) -> str:
 def check_store(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(problems, notes). Problems make the store unusable or untrustworthy; notes are benign.
 
-    Checks the format and schema, the commit record against data and metadata, that every chunk
-    file of the committed range exists and decodes, per-episode metadata values, and non-finite values.
-    """
+    Checks what opening a store checks (zarr v3, format, version, the schema against the data contract
+    and the arrays, the commit record, every chunk file of the committed range present, per-episode
+    metadata values: training and evaluation refuse a store that fails these), then that every chunk
+    decodes, non-finite values, and image episodes that are nothing but the array's fill value (what a
+    lost chunk or a misconverted frame reads as: it must never pass for data)."""
     try:
-        store = TrajectoryStore.open(path)
+        store = TrajectoryStore.open(path, strict=False)
     except StoreError as e:
         return [str(e)], []
-    problems, notes = [], []
+    problems, notes = list(store.problems), []
     raw_ends = store.group["meta"][keys.EPISODE_ENDS].shape[0]
     if raw_ends > store.num_episodes:
         notes.append("one uncommitted episode entry (a writer was interrupted); the next append trims it")
+    if _is_local(store.path):
+        strays = [p for p in Path(store.path.removeprefix("file://")).rglob(f"*{PARTIAL}") if p.is_file()]
+        if strays:
+            notes.append(f"{len(strays)} temporary files (*{PARTIAL}) from an interrupted write; the next append "
+                         "removes them")  # fmt: skip
     for key, spec in store.specs.items():
         problems += _check_array(store, key, spec)
         extra = store.array(key).shape[0] - store.num_steps
         if extra > 0:
             notes.append(f"data/{key}: {extra} uncommitted steps past the last episode; the next append trims them")
-    problems += _check_meta(store)
     return problems, notes
 
 
 def _check_array(store: TrajectoryStore, key: str, spec: keys.Spec) -> list[str]:
+    """Every chunk of the committed range decodes (missing ones are among the store's own problems), floats
+    are finite, and no image episode is the fill value throughout."""
     array = store.array(key)
     problems = []
-    if str(array.dtype) != spec.dtype or tuple(array.shape[1:]) != spec.shape:
-        problems.append(
-            f"data/{key}: dtype {array.dtype} shape {array.shape[1:]} disagree with the schema "
-            f"{spec.dtype} {spec.shape}"
-        )
     chunk, steps = array.chunks[0], store.num_steps
-    expected = -(-steps // chunk)
-    present = array.nchunks_initialized
-    if present < expected:
-        problems.append(f"data/{key}: {expected - present} of {expected} chunk files are missing")
+    fill = array.fill_value
+    is_fill = np.zeros(steps, bool)  # per step: every value equals the fill value
     for lo in range(0, steps, chunk):
+        hi = min(lo + chunk, steps)
+        if not store.has_chunk(key, lo // chunk):
+            continue  # a missing chunk file: among the store's own problems, and it would read as the fill value
         try:
-            values = array[lo : min(lo + chunk, steps)]
+            values = array[lo:hi]
         except Exception as e:
-            problems.append(f"data/{key}: steps {lo}..{min(lo + chunk, steps) - 1} do not decode: {e}")
+            problems.append(f"data/{key}: steps {lo}..{hi - 1} do not decode: {e}")
             continue
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            problems.append(f"data/{key}: non-finite values in steps {lo}..{min(lo + chunk, steps) - 1}")
-    return problems
-
-
-def _check_meta(store: TrajectoryStore) -> list[str]:
-    problems = []
-    try:
-        sources = store.meta(keys.SOURCE)
-        instructions = store.meta(keys.INSTRUCTION)
-        tasks = store.meta(keys.TASK)
-    except Exception as e:
-        return [f"meta: cannot read per-episode metadata: {e}"]
-    bad_sources = sorted(set(sources.tolist()) - set(keys.SOURCES))
-    if bad_sources:
-        problems.append(f"meta/source: unknown values {bad_sources}; valid: {', '.join(keys.SOURCES)}")
-    empty = [i for i, (ins, task) in enumerate(zip(instructions, tasks)) if not ins or not task]
-    if empty:
-        problems.append(f"meta: episodes {empty[:10]} have an empty instruction or task")
+            problems.append(f"data/{key}: non-finite values in steps {lo}..{hi - 1}")
+        is_fill[lo:hi] = (values.reshape(hi - lo, -1) == fill).all(axis=1)
+    if keys.is_image_key(key) and steps:
+        which = np.flatnonzero(np.logical_and.reduceat(is_fill, store.episode_starts))
+        if len(which):
+            more = " ..." if len(which) > 10 else ""
+            problems.append(
+                f"data/{key}: episodes {which[:10].tolist()}{more} hold nothing but {np.asarray(fill).item()!r}, "
+                "the array's fill value (a lost chunk, a camera that sent nothing, or frames stored in the wrong dtype)"
+            )
     return problems

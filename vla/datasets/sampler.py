@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vla import keys
-from vla.datasets.store import TrajectoryStore
+from vla.datasets.store import StoreError, TrajectoryStore
 from vla.errors import UserError
 
 
@@ -137,7 +137,7 @@ class WindowDataset(Dataset):
         episodes: np.ndarray | None = None,
         cache_bytes: int = 1 << 30,
     ):
-        self.store = TrajectoryStore.open(store) if isinstance(store, str) else store
+        self.store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
         self.window = window
         self.episodes = np.arange(self.store.num_episodes) if episodes is None else np.asarray(episodes)
         if len(self.episodes) == 0:
@@ -156,6 +156,11 @@ class WindowDataset(Dataset):
         self.instructions = self.store.meta(keys.INSTRUCTION)
         self.tasks = self.store.meta(keys.TASK)
         self._low_dim = {k: self.store.array(k)[:] for k, s in self.store.specs.items() if len(s.shape) == 1}
+        for key, values in self._low_dim.items():  # read whole anyway: refuse what `vla data check` would
+            bad = np.flatnonzero(~np.isfinite(values[: self.store.num_steps]).all(axis=1))
+            if len(bad):
+                raise StoreError(f"{self.store.path}: data/{key} holds non-finite values at steps {bad[:5].tolist()}"
+                                 f"{' ...' if len(bad) > 5 else ''}; run `vla data check`")  # fmt: skip
         self._caches: dict[str, _ChunkCache] | None = None  # built lazily, once per worker process
 
     def __len__(self) -> int:
@@ -226,7 +231,7 @@ def make_datasets(
     store: TrajectoryStore | str, window: WindowSpec, val_fraction: float = 0.1, seed: int = 0, **kw
 ) -> tuple[WindowDataset, WindowDataset | None]:
     """Train and validation datasets split by episode."""
-    store = TrajectoryStore.open(store) if isinstance(store, str) else store
+    store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
     train_eps, val_eps = split_episodes(store.num_episodes, val_fraction, seed)
     train = WindowDataset(store, window, train_eps, **kw)
     val = WindowDataset(store, window, val_eps, **kw) if len(val_eps) else None

@@ -9,7 +9,19 @@
 An episode becomes visible only when `meta/episode_ends` is extended, after its data and metadata are
 written. Each zarr file write is atomic (temp file + rename), so a writer killed at any instant leaves
 a store whose committed prefix reads back; the uncommitted tail is ignored by readers and trimmed by
-the next writer.
+the next writer, which also removes the temporary `*.partial` files a kill can leave.
+
+Creation is atomic too: a local store is built under `<name>.<hex>.partial` and renamed into place, so
+a kill leaves either no store or a whole empty one (a leftover `.partial` directory is removed by the
+next `create`). An incomplete skeleton left by an older version (metadata files only, no data) counts
+as absent, and `create` replaces it.
+
+What is written must match the schema: `conform` checks each key's dtype, per-step shape and values
+(a float frame in [0, 1] for a uint8 image key would store as black) before anything is written. What
+is read is checked when the store opens (zarr v3, format and version, the specs against the data
+contract of `vla.keys`, every array's dtype and shape against its spec, and that every chunk file of
+the committed range exists, from one listing of the store), and again for the chunks each `read`
+spans: zarr reads a missing chunk as its fill value, which must never pass for data.
 """
 
 from __future__ import annotations
@@ -17,11 +29,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from vla import keys
 from vla.errors import UserError
@@ -52,6 +67,149 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+def _local(path: str) -> Path:
+    return Path(path.removeprefix("file://"))
+
+
+PARTIAL = ".partial"  # the suffix of zarr's temporary files, and of a store being created
+
+
+def conform(key: str, spec: keys.Spec, values, *, steps: bool = True) -> np.ndarray:
+    """`values` for `key` as the spec's dtype, or a `StoreError` naming the key, what was given and what
+    the spec says. `steps`: values carry a leading time axis (T, *shape); else one step (*shape).
+
+    Integers are accepted for an integer key when every value fits its dtype; floats never are (frames in
+    [0, 1] would store as 0). Floats and integers are accepted for a float key when every value is finite
+    after conversion. Nothing else converts."""
+    arr = np.asarray(values)
+    per_step = tuple(arr.shape[1:] if steps else arr.shape)
+    if (steps and arr.ndim == 0) or per_step != tuple(spec.shape):
+        what = f"per-step shape {per_step}" if steps and arr.ndim else f"shape {arr.shape}"
+        raise StoreError(f"{key} has {what}; the store's spec says {tuple(spec.shape)} ({spec.description})")
+    want = np.dtype(spec.dtype)
+    given = f"{key} given as {arr.dtype}"
+    says = f"the store's spec says {want} ({spec.units})"
+    if want.kind in "iu":
+        if arr.dtype.kind not in "iu":
+            hint = " (scale and round frames in [0, 1] to 0..255 first)" if keys.is_image_key(key) else ""
+            raise StoreError(f"{given}{_range(arr)}; {says}{hint}")
+        info = np.iinfo(want)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise StoreError(f"{given}{_range(arr)}, outside {want}'s {info.min}..{info.max}; {says}")
+        return arr.astype(want, copy=False)
+    if want.kind == "f":
+        if arr.dtype.kind not in "fiu":
+            raise StoreError(f"{given}; {says}")
+        with np.errstate(over="ignore"):
+            out = arr.astype(want, copy=False)
+        if not np.all(np.isfinite(out)):
+            bad = "non-finite" if not np.all(np.isfinite(arr)) else f"beyond {want}'s range"
+            raise StoreError(f"{given} with {bad} values; {says}, finite")
+        return out
+    raise StoreError(f"{key}: the store's spec dtype {want} is not one vla writes")
+
+
+def _range(arr: np.ndarray) -> str:
+    if not arr.size or arr.dtype.kind not in "fiub":
+        return ""
+    return f" (values {arr.min():.4g}..{arr.max():.4g})"
+
+
+def schema_difference(stored: Mapping[str, keys.Spec], wanted: Mapping[str, keys.Spec]) -> str | None:
+    """What differs between two schemas, named field by field (`action: description 'a' in the store,
+    'b' here`), or None when they are equal."""
+    diffs = []
+    for key in sorted(set(stored) | set(wanted)):
+        if key not in stored or key not in wanted:
+            diffs.append(f"{key} is {'missing from the store' if key not in stored else 'not written here'}")
+            continue
+        have, want = stored[key], wanted[key]
+        fields = [
+            f"{name} {getattr(have, name)!r} in the store, {getattr(want, name)!r} here"
+            for name in ("dtype", "shape", "units", "description")
+            if getattr(have, name) != getattr(want, name)
+        ]
+        if fields:
+            diffs.append(f"{key}: " + "; ".join(fields))
+    return ". ".join(diffs) or None
+
+
+def _list_keys(group: zarr.Group) -> set[str]:
+    """Every key (file) under the store's root, relative to it: one listing."""
+    store = group.store_path.store
+
+    async def listing():
+        return [k async for k in store.list_prefix(group.store_path.path)]
+
+    prefix = group.store_path.path
+    return {k[len(prefix) :].lstrip("/") if prefix else k for k in sync(listing())}
+
+
+def _chunk_key(array: zarr.Array, c: int) -> str:
+    """The key, relative to the store's root, of time-chunk `c` (arrays are chunked along time only)."""
+    return f"{array.path}/{array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))}"
+
+
+def _is_skeleton(path: str) -> bool:
+    """Whether `path` holds an incomplete store that is safe to replace: nothing but zarr metadata and
+    temporary files (no chunk of data), our format or none, and not the whole set of groups and arrays
+    (a whole empty store is a store). What a kill during creation by an older version leaves."""
+    if _is_local(path) and not _local(path).is_dir():
+        return False
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:
+        if not _is_local(path):
+            return False
+        files = [p for p in _local(path).rglob("*") if p.is_file()]
+        return all(p.name.endswith(PARTIAL) for p in files)  # an empty directory, or temporary files only
+    listed = _list_keys(group)
+    if any(not (k == "zarr.json" or k.endswith("/zarr.json") or k.endswith(PARTIAL)) for k in listed):
+        return False
+    attrs = group.attrs
+    if attrs.get("format") not in (None, FORMAT):
+        return False
+    specs = attrs.get("specs") or {}
+    arrays = [f"data/{k}" for k in specs] + [f"meta/{f}" for f in (keys.EPISODE_ENDS, *keys.META_FIELDS)]
+    return attrs.get("format") is None or not specs or any(f"{a}/zarr.json" not in listed for a in arrays)
+
+
+def _build(path: str, specs: Mapping[str, keys.Spec], attrs: dict) -> None:
+    """The store's groups and empty arrays at `path` (a fresh location)."""
+    group = zarr.open_group(path, mode="w-")
+    group.attrs.update(attrs)
+    data, meta = group.create_group("data"), group.create_group("meta")
+    for key, spec in specs.items():
+        data.create_array(
+            key,
+            shape=(0, *spec.shape),
+            chunks=(_time_chunk(spec), *spec.shape),
+            dtype=spec.dtype,
+            config=WRITE_ALL_CHUNKS,
+        )
+    meta.create_array(keys.EPISODE_ENDS, shape=(0,), chunks=(4096,), dtype="int64", config=WRITE_ALL_CHUNKS)
+    for field, dtype in keys.META_DTYPES.items():
+        dtype = str if dtype == "str" else dtype
+        meta.create_array(field, shape=(0,), chunks=(4096,), dtype=dtype, config=WRITE_ALL_CHUNKS)
+
+
+def _remove_stale_partials(final: Path) -> None:
+    """Remove `<name>.<hex>.partial` directories that creators of `final` killed mid-way left behind; one
+    still being built is locked by its creator and kept."""
+    for stale in final.parent.glob(f"{final.name}.*{PARTIAL}"):
+        if not stale.is_dir():
+            continue
+        fd = os.open(stale, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live creator
+        finally:
+            os.close(fd)
+        log.warning("removing %s, left by an interrupted store creation", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 class TrajectoryStore:
     """Episodes of per-step arrays in raw units. Create with `create`, open with `open`.
 
@@ -59,17 +217,32 @@ class TrajectoryStore:
     Writing (mode "a" or a fresh store): `add_episode(data, **meta)`.
     """
 
-    def __init__(self, group: zarr.Group, path: str, writable: bool):
+    def __init__(self, group: zarr.Group, path: str, writable: bool, *, strict: bool = True,
+                 lock_fd: int | None = None):  # fmt: skip
+        """`strict` False: open despite failed content checks (`problems` lists them), for `vla data check`."""
         self.group = group
         self.path = path
         self.writable = writable
-        self._lock_fd: int | None = None
-        self._validate_format()
-        self.specs = {k: keys.Spec.from_json(v) for k, v in group.attrs["specs"].items()}
-        self._ends = self._committed_ends()
-        if writable:
-            self._acquire_lock()
-            self._trim_uncommitted()
+        self._lock_fd = lock_fd
+        try:
+            self._validate_format()
+            self.specs = {k: keys.Spec.from_json(v) for k, v in group.attrs["specs"].items()}
+            self.problems = self._schema_problems()
+            self._ends = self._committed_ends()
+            self.problems += self._missing_chunks()
+            if not self.problems:  # metadata values, from the few chunks of per-episode metadata
+                self.problems += self._meta_problems()
+            if self.problems and strict:
+                more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+                raise StoreError(f"{path} fails its checks: {self.problems[0]}{more}; run `vla data check {path}`")
+            if writable:
+                if self._lock_fd is None:
+                    self._acquire_lock()
+                self._remove_partial_files()
+                self._trim_uncommitted()
+        except BaseException:
+            self.close()
+            raise
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
@@ -82,77 +255,162 @@ class TrajectoryStore:
         kind: str = "robot",
         extra_attrs: Mapping | None = None,
     ) -> TrajectoryStore:
-        """Create an empty store; refuses an existing path."""
+        """Create an empty store, atomically; refuses an existing path (an incomplete skeleton is replaced)."""
         path = str(path)
         if kind not in KINDS:
             raise UserError(f"unknown store kind {kind!r}; valid: {', '.join(KINDS)}")
+        for key, spec in specs.items():
+            problem = keys.spec_problem(key, spec)
+            if problem:
+                raise StoreError(f"cannot create {path}: {problem}")
         if cls.exists(path):
             raise StoreError(f"{path} already exists; pass --append to add to it, or choose another path")
-        group = zarr.open_group(path, mode="w-")
-        group.attrs.update(
-            {
-                "format": FORMAT,
-                "version": VERSION,
-                "kind": kind,
-                "fps": float(fps),
-                "specs": {k: s.to_json() for k, s in specs.items()},
-                **(extra_attrs or {}),
-            }
-        )
-        data, meta = group.create_group("data"), group.create_group("meta")
-        for key, spec in specs.items():
-            data.create_array(
-                key,
-                shape=(0, *spec.shape),
-                chunks=(_time_chunk(spec), *spec.shape),
-                dtype=spec.dtype,
-                config=WRITE_ALL_CHUNKS,
-            )
-        meta.create_array(keys.EPISODE_ENDS, shape=(0,), chunks=(4096,), dtype="int64", config=WRITE_ALL_CHUNKS)
-        for field, dtype in keys.META_DTYPES.items():
-            dtype = str if dtype == "str" else dtype
-            meta.create_array(field, shape=(0,), chunks=(4096,), dtype=dtype, config=WRITE_ALL_CHUNKS)
-        return cls(group, path, writable=True)
+        attrs = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": kind,
+            "fps": float(fps),
+            "specs": {k: s.to_json() for k, s in specs.items()},
+            **(extra_attrs or {}),
+        }
+        if not _is_local(path):  # no rename on object storage: a kill leaves a skeleton, which counts as absent
+            if _is_skeleton(path):
+                zarr.open_group(path, mode="w")
+            _build(path, specs, attrs)
+            return cls(zarr.open_group(path, mode="r+"), path, writable=True)
+        final = _local(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(final)
+        if final.exists():  # a skeleton (see `exists`): nothing in it to lose
+            log.warning("replacing the incomplete store %s (its creation was interrupted)", path)
+            shutil.rmtree(final)
+        tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:12]}{PARTIAL}")
+        tmp.mkdir()
+        fd = os.open(tmp, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held through the rename: it becomes the new store's writer lock
+        try:
+            _build(str(tmp), specs, attrs)
+            try:
+                os.rename(tmp, final)
+            except OSError as e:
+                raise StoreError(f"{path} appeared while it was being created; choose another path") from e
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(fd)
+            raise
+        store = cls(zarr.open_group(path, mode="r+"), path, writable=True, lock_fd=fd)
+        return store
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
-        """Whether anything (a store or not) is at `path`."""
+        """Whether anything (a store or not) is at `path`; an incomplete skeleton that `create` replaces
+        (see `_is_skeleton`) counts as nothing."""
         path = str(path)
         if _is_local(path):
-            return Path(path.removeprefix("file://")).exists()
-        try:
-            zarr.open_group(path, mode="r")
-            return True
-        except Exception:
-            return False
+            if not _local(path).exists():
+                return False
+        else:
+            try:
+                zarr.open_group(path, mode="r")
+            except Exception:
+                return False
+        return not _is_skeleton(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> TrajectoryStore:
-        """Open an existing store for reading ("r") or appending ("a")."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", *, strict: bool = True) -> TrajectoryStore:
+        """Open an existing store for reading ("r") or appending ("a"). A store that fails the checks at
+        open (see the module docstring) is a `StoreError`; `strict=False` opens it anyway, for inspection."""
         path = str(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        if _is_local(path) and not Path(path.removeprefix("file://")).exists():
+        if _is_local(path) and not _local(path).exists():
             raise StoreError(f"no store at {path}")
         try:
             group = zarr.open_group(path, mode="r" if mode == "r" else "r+")
         except Exception as e:  # zarr raises several types for a non-store directory
             raise StoreError(f"{path} is not a readable zarr store: {e}") from e
-        return cls(group, path, writable=mode == "a")
+        return cls(group, path, writable=mode == "a", strict=strict)
 
     def _validate_format(self) -> None:
+        """What makes the store unreadable as one: another zarr version or format, missing groups or arrays."""
+        if self.group.metadata.zarr_format != 3:
+            raise StoreError(f"{self.path} is a zarr v{self.group.metadata.zarr_format} group; vla stores are "
+                             "zarr v3: re-create it with the command that made it")  # fmt: skip
         attrs = self.group.attrs
+        problem = None
         if attrs.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not a vla trajectory store (format {attrs.get('format')!r})")
-        if attrs.get("version") != VERSION:
+            problem = f"{self.path} is not a vla trajectory store (format {attrs.get('format')!r})"
+        elif attrs.get("version") != VERSION:
             raise StoreError(f"{self.path} has store version {attrs.get('version')}; this vla reads {VERSION}")
-        for name in ("data", "meta"):
-            if name not in self.group:
-                raise StoreError(f"{self.path} is corrupt: missing group {name!r}")
-        missing = [k for k in attrs["specs"] if k not in self.group["data"]]
-        missing += [f for f in (keys.EPISODE_ENDS, *keys.META_FIELDS) if f not in self.group["meta"]]
-        if missing:
-            raise StoreError(f"{self.path} is corrupt: missing arrays {', '.join(missing)}")
+        elif not all(name in self.group for name in ("data", "meta")):
+            missing = [name for name in ("data", "meta") if name not in self.group]
+            problem = f"{self.path} is corrupt: missing group {missing[0]!r}"
+        else:
+            missing = [k for k in attrs.get("specs", {}) if k not in self.group["data"]]
+            missing += [f for f in (keys.EPISODE_ENDS, *keys.META_FIELDS) if f not in self.group["meta"]]
+            if missing or not isinstance(attrs.get("specs"), dict):
+                problem = f"{self.path} is corrupt: missing arrays {', '.join(missing) or '(no specs)'}"
+        if problem and _is_skeleton(self.path):
+            raise StoreError(f"{self.path} is an incomplete store (its creation was interrupted; it holds no "
+                             "data): re-run the command that makes it, which replaces it")  # fmt: skip
+        if problem:
+            raise StoreError(problem)
+
+    def _schema_problems(self) -> list[str]:
+        """Every spec against the data contract, every array's dtype and shape against its spec (or the
+        metadata's fixed dtypes): metadata only, no chunk is read."""
+        problems = []
+        for key, spec in self.specs.items():
+            problem = keys.spec_problem(key, spec)
+            if problem:
+                problems.append(f"schema: {problem}")
+            array = self.group["data"][key]
+            if str(array.dtype) != spec.dtype or tuple(array.shape[1:]) != tuple(spec.shape):
+                problems.append(f"data/{key}: dtype {array.dtype} shape {tuple(array.shape[1:])} disagree with "
+                                f"the schema {spec.dtype} {tuple(spec.shape)}")  # fmt: skip
+            elif array.chunks[1:] != tuple(spec.shape):
+                problems.append(f"data/{key}: chunks {array.chunks} are not along time only")
+        for field, dtype in {keys.EPISODE_ENDS: "int64", **keys.META_DTYPES}.items():
+            array = self.group["meta"][field]
+            kind_ok = array.dtype.kind in "TUO" if dtype == "str" else str(array.dtype) == dtype
+            if not kind_ok or array.ndim != 1:
+                problems.append(
+                    f"meta/{field}: dtype {array.dtype} with {array.ndim} dims; the format says {dtype} (1-d)"
+                )
+        return problems
+
+    def _missing_chunks(self) -> list[str]:
+        """Chunk files of the committed range that are absent, from one listing of the store. zarr would
+        read them as the fill value (zeros: black frames, zero actions), so they must never pass."""
+        listed = _list_keys(self.group)
+        problems = []
+        arrays = [(f"data/{k}", self.num_steps) for k in self.specs]
+        arrays += [(f"meta/{f}", self.num_episodes) for f in (keys.EPISODE_ENDS, *keys.META_FIELDS)]
+        for name, length in arrays:
+            array = self.group[name]
+            chunk = array.chunks[0]
+            expected = -(-length // chunk)
+            missing = [c for c in range(expected) if _chunk_key(array, c) not in listed]
+            if missing:
+                spans = ", ".join(f"{c * chunk}..{min((c + 1) * chunk, length) - 1}" for c in missing[:5])
+                problems.append(f"{name}: {len(missing)} of {expected} chunk files are missing (steps {spans}"
+                                f"{', ...' if len(missing) > 5 else ''})")  # fmt: skip
+        return problems
+
+    def _meta_problems(self) -> list[str]:
+        """Per-episode metadata values: known sources, an instruction and a task for every episode."""
+        try:
+            sources, instructions, tasks = (self.meta(f) for f in (keys.SOURCE, keys.INSTRUCTION, keys.TASK))
+        except Exception as e:
+            return [f"meta: cannot read per-episode metadata: {e}"]
+        problems = []
+        bad_sources = sorted(set(sources.tolist()) - set(keys.SOURCES))
+        if bad_sources:
+            problems.append(f"meta/source: unknown values {bad_sources}; valid: {', '.join(keys.SOURCES)}")
+        empty = [i for i, (ins, task) in enumerate(zip(instructions, tasks)) if not ins or not task]
+        if empty:
+            problems.append(f"meta: episodes {empty[:10]} have an empty instruction or task")
+        return problems
 
     # --- the commit record ------------------------------------------------------------------------
     def _committed_ends(self) -> np.ndarray:
@@ -226,13 +484,26 @@ class TrajectoryStore:
         return self.group["data"][key]
 
     def read(self, key: str, lo: int, hi: int) -> np.ndarray:
-        """Steps lo..hi-1 of `key` across episodes, raising a clear error on an unreadable chunk."""
+        """Steps lo..hi-1 of `key` across episodes, raising a clear error on a missing or unreadable chunk."""
+        array = self.array(key)
+        hi = min(hi, array.shape[0])
+        chunk = array.chunks[0]
+        for c in range(lo // chunk, -(-hi // chunk)):
+            if not self.has_chunk(key, c):
+                raise StoreError(f"{self.path}: the chunk file of data/{key} steps {c * chunk}..{(c + 1) * chunk - 1}"
+                                 " is missing (it would read as zeros); run `vla data check`")  # fmt: skip
         try:
-            return self.array(key)[lo:hi]
-        except KeyError:
-            raise
+            return array[lo:hi]
         except Exception as e:
             raise StoreError(f"{self.path}: cannot read data/{key}[{lo}:{hi}] ({e}); run `vla data check`") from e
+
+    def has_chunk(self, key: str, c: int) -> bool:
+        """Whether the file of time-chunk `c` of data/`key` exists: one stat (local stores), against a decode
+        that costs a thousand times more."""
+        key = _chunk_key(self.array(key), c)
+        if _is_local(self.path):
+            return (_local(self.path) / key).is_file()
+        return sync(self.group.store_path.store.exists(f"{self.group.store_path.path}/{key}".lstrip("/")))
 
     def episode(self, i: int, keys_: list[str] | None = None) -> dict[str, np.ndarray]:
         """All steps of episode i: {key: (T, *shape) array} in raw units."""
@@ -262,12 +533,13 @@ class TrajectoryStore:
         """Append one episode ({key: (T, *shape)} for every key of the schema) and commit it; returns its index."""
         if not self.writable:
             raise StoreError(f"{self.path} is open read-only; open it with mode='a' to append")
-        length = self._check_episode(data, source)
+        data = self._check_episode(data, source)  # every key checked before anything is written
+        length = len(next(iter(data.values())))
         start = self.num_steps
         for key, spec in self.specs.items():
             arr = self._for_writing("data", key)
             arr.resize((start + length, *spec.shape))
-            arr[start:] = np.asarray(data[key], dtype=spec.dtype)
+            arr[start:] = data[key]
         n = self.num_episodes
         values = {
             keys.INSTRUCTION: instruction,
@@ -291,20 +563,19 @@ class TrajectoryStore:
         # The chunk config is not persisted in the store, so set it on every array a writer touches.
         return self.group[group][name].with_config(WRITE_ALL_CHUNKS)
 
-    def _check_episode(self, data: Mapping[str, np.ndarray], source: str) -> int:
+    def _check_episode(self, data: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+        """The episode's arrays in the schema's dtypes, or an error naming what does not fit."""
         if source not in keys.SOURCES:
             raise UserError(f"unknown source {source!r}; valid: {', '.join(keys.SOURCES)}")
         if set(data) != set(self.specs):
             raise StoreError(
                 f"episode keys {sorted(data)} do not match the store schema {sorted(self.specs)} of {self.path}"
             )
-        lengths = {k: len(v) for k, v in data.items()}
+        out = {key: conform(key, spec, data[key]) for key, spec in self.specs.items()}
+        lengths = {k: len(v) for k, v in out.items()}
         if len(set(lengths.values())) != 1 or 0 in lengths.values():
             raise UserError(f"episode arrays must share one non-zero length; got {lengths}")
-        for key, spec in self.specs.items():
-            if tuple(np.shape(data[key])[1:]) != spec.shape:
-                raise StoreError(f"{key} has per-step shape {np.shape(data[key])[1:]}, the store expects {spec.shape}")
-        return next(iter(lengths.values()))
+        return out
 
     def _trim_uncommitted(self) -> None:
         """Drop what a killed writer left past the commit record, so appends start clean."""
@@ -316,6 +587,16 @@ class TrajectoryStore:
             if self.group["meta"][field].shape[0] != n:
                 log.warning("trimming an uncommitted tail of meta/%s in %s", field, self.path)
                 self.group["meta"][field].resize((n,))
+
+    def _remove_partial_files(self) -> None:
+        """zarr writes each file to `<name>.<hex>.partial` and renames it; a kill between the two leaves
+        the temporary file. Only the writer (holding the lock) removes them: no other write is under way."""
+        if not _is_local(self.path):
+            return
+        for stray in _local(self.path).rglob(f"*{PARTIAL}"):
+            if stray.is_file():
+                log.warning("removing %s, left by an interrupted write", stray)
+                stray.unlink(missing_ok=True)
 
     # --- one writer at a time ---------------------------------------------------------------------
     def _acquire_lock(self) -> None:

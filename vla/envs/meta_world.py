@@ -15,6 +15,9 @@ Meta-World quirks this module absorbs (the rest of the project never sees them):
 - An env needs `set_task` before `reset`, and `reset(seed=...)` is ignored: the initial state varies
   only through the 50 task variants (object/goal positions) a benchmark draws per task. Here the seed
   picks the variant (`seed % 50`), so the same seed gives the same episode.
+- Its reset places the goal site after the last forward pass, so without one more the first frame
+  shows the goal where the previous episode's end put it; `reset` recomputes the positions, so a
+  reused env's first frame equals a fresh env's (and `vla collect` gives one store whatever `--workers`).
 - The corner cameras are mounted rolled by 180 degrees, so their raw images are upside down; they
   are rotated by 180 degrees (not mirrored), which is the view of the same camera held upright.
 - Its actions are normalised to [-1, 1] with an action scale of 1 cm per step; Meta-World never
@@ -39,6 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede th
 
 import gymnasium as gym
 import metaworld
+import mujoco
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3
 from metaworld.policies import ENV_POLICY_MAP
@@ -181,6 +185,13 @@ class MetaWorldEnv(gym.Env):
         self.instruction = phrasings[int(self.np_random.integers(len(phrasings)))]
         self._mw.set_task(_variants(self.task)[self.variant])
         raw, _ = self._mw.reset()
+        # Meta-World moves the goal site after its last forward pass, so the derived positions (what a
+        # camera sees) still hold the site as the previous episode's end left it: recompute them, so the
+        # first frame is a function of the seed alone (a reused env renders what a fresh one does). Only
+        # the position stage: a full mj_forward would also touch the solver's warm start, and so the physics.
+        mw = self._mw
+        for stage in (mujoco.mj_kinematics, mujoco.mj_comPos, mujoco.mj_camlight):
+            stage(mw.model, mw.data)
         self._steps = 0
         obs = self._observe(raw)
         info = {"instruction": self.instruction, "task": self.task, "success": False, "variant": self.variant}

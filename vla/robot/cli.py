@@ -187,8 +187,11 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(cmd.policy)
     cfg = _config(cmd, args.set, policy)
     robot = build_robot(cmd, cfg, policy, loop_cfg.hz)
-    recorder, instruction = None, ""
+    recorder, instruction = None, (cmd.instruction or "").strip()
     try:
+        # Every input is checked before anything is created or moved (the store last of all).
+        if not instruction and not hasattr(robot, "instruction"):  # only the sim brings its task's own
+            raise UserError(f"--instruction is required for robot {cmd.robot!r} (got {cmd.instruction!r})")
         if policy is None:
             policy = ZeroPolicy(robot_features(robot), chunk=10)  # chunks of 10, as a trained policy's
         else:
@@ -196,12 +199,11 @@ def run(args: argparse.Namespace) -> int:
             _threads(cmd.threads)
         if loop_cfg.n_action_steps is not None:
             check_n_action_steps(policy, loop_cfg.n_action_steps)
-        # Opened before the robot moves: a store of another schema, or locked, fails the run up front.
+        # Opened before the robot moves: a store of another schema, or locked, fails the run up front; one it
+        # created is removed again if the run records nothing.
         recorder = Recorder(cmd.record, robot_features(robot), fps=loop_cfg.hz) if cmd.record else None
         robot.connect()
-        instruction = cmd.instruction or getattr(robot, "instruction", "")
-        if not instruction:
-            raise UserError(f"--instruction is required for robot {cmd.robot!r}")
+        instruction = instruction or robot.instruction
         loop_cfg = replace(loop_cfg, instruction=instruction)
         report = ControlLoop(robot, policy, cfg.shield, loop_cfg, recorder, progress=not args.quiet).run()
         info = getattr(robot, "info", None)  # the sim's sticky success also covers the last step

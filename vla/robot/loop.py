@@ -36,7 +36,16 @@ from vla.policies.executor import ChunkExecutor
 from vla.robot.inference import AsyncInference
 from vla.robot.protocol import Robot, RobotDisconnected
 from vla.robot.report import ControlReport, summarize
-from vla.robot.shield import CLAMP_KINDS, HOLD_KINDS, SAFE_STOP, SafetyEvent, Shield, ShieldConfig, check_observation
+from vla.robot.shield import (
+    CLAMP_KINDS,
+    HOLD_KINDS,
+    SAFE_STOP,
+    FrozenFrames,
+    SafetyEvent,
+    Shield,
+    ShieldConfig,
+    check_observation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,8 @@ class ControlLoop:
         self.last_state = np.zeros(state_dim, np.float32)
         self.fault_since: float | None = None
         self.last_obs_time = -math.inf  # capture time of the last observation the policy saw
+        self.frames = FrozenFrames()  # the frozen-camera watch
+        self.bad_reply: str | None = None  # the robot's last reply was a fault: hold on the next tick
         self.signal_name: str | None = None
         self.done = False
         self.t0 = 0.0
@@ -109,7 +120,7 @@ class ControlLoop:
             self.shield.memory.last_velocity = None
             action, _ = self.shield.hold(self.last_state)
             if action is not None:
-                self.robot.send_action(action)  # leave the robot holding, not mid-motion
+                self._send(action)  # leave the robot holding, not mid-motion
         except (Exception, KeyboardInterrupt) as e:
             self._safe_stop(e)
         finally:
@@ -175,6 +186,11 @@ class ControlLoop:
             self.last_state = state
         since_last = obs.time - self.last_obs_time
         problems = check_observation(self.shield_cfg, obs.data, time.monotonic() - obs.time, since_last)
+        frozen = self.frames.check(self.shield_cfg, obs.data)  # every frame is watched, stale or not
+        problems = problems or frozen
+        if self.bad_reply is not None:
+            problems = [*problems, ("bad_reply", f"holding after the robot's bad reply ({self.bad_reply})")]
+            self.bad_reply = None
         pick = None
         if problems:
             action, events = self.shield.hold(self.last_state, problems)
@@ -196,9 +212,13 @@ class ControlLoop:
         if action is not None:
             if pick is not None and pick.first_use_of is not None:  # measured as the command is issued
                 self.obs_to_action.append(time.monotonic() - pick.first_use_of)
-            sent = self.robot.send_action(action)
-            self.shield.sent(sent)
-            if self.recorder is not None and not problems:
+            sent = self._send(action)
+            reply = self.shield.sent(sent)
+            if reply:  # logged on this tick; the next one holds, and a reply that stays bad escalates
+                self.bad_reply = reply[0][1]
+                self._log(k, reply)
+                self._watchdog([*events, *reply])
+            elif self.recorder is not None and not problems:
                 self.recorder.add(obs.data, sent)
         if obs.info.get(keys.SUCCESS):
             self.report.success = True
@@ -207,6 +227,14 @@ class ControlLoop:
         self.done = bool(obs.info.get("done"))
 
     # --- safety ------------------------------------------------------------------------------------
+    def _send(self, action: np.ndarray) -> np.ndarray:
+        """The one path to the robot: a command that is not a finite action of the robot's shape is never
+        sent (the shield holds first, so this is the last line, and a bug if it fires)."""
+        values = np.asarray(action)
+        if values.shape != (self.shield.action_dim,) or not np.all(np.isfinite(values)):
+            raise SafeStop(f"refused to send {values!r}: not a finite ({self.shield.action_dim},) action")
+        return self.robot.send_action(values.astype(np.float32, copy=False))
+
     def _log(self, k: int, events: list[tuple[str, str]]) -> None:
         kinds = {kind for kind, _ in events}
         self.report.clamped += bool(kinds & set(CLAMP_KINDS))
@@ -256,7 +284,7 @@ class ControlLoop:
             try:
                 action, _ = self.shield.hold(self.last_state)
                 if action is not None:
-                    self.robot.send_action(action)
+                    self._send(action)
             except Exception as e:
                 log.warning("hold during safe stop failed: %r", e)
                 return

@@ -11,11 +11,14 @@ with that probability per tick, from `seed`):
     nan_state    the state holds NaN (a sensor glitch)
     obs_error    get_observation raises RuntimeError
     action_error send_action raises RuntimeError (once: the next write goes through)
+    nan_reply    send_action moves the robot but reports NaN as what it sent (a driver glitch), this tick
+    freeze       from this tick on the cameras repeat their last image (timestamps and state stay live)
     disconnect   from this tick on every call raises RobotDisconnected
 
 The model: in `delta` mode the state's first arm dims move by the action's arm dims (the last action
 dim is the gripper, the state's last dim its opening in [0, 1]); in `absolute` mode the state becomes
-the action. Images are flat colours that encode the state, so a recording can be told apart by frame.
+the action. Images are flat colours that encode the state, so a recording can be told apart by frame,
+with the capture count in the corner pixel, as a live camera's noise makes every frame differ.
 Every action received is kept in `sent`, so tests can check what reached the robot.
 """
 
@@ -33,7 +36,7 @@ from vla.robot.protocol import Observation, RobotDisconnected
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("latency", "drop", "stale", "nan_state", "obs_error", "action_error", "disconnect")
+FAULTS = ("latency", "drop", "stale", "nan_state", "obs_error", "action_error", "nan_reply", "freeze", "disconnect")
 DEFAULT_VALUES = {"latency": 0.3, "stale": 1.0}
 
 
@@ -89,6 +92,8 @@ class MockRobot:
         self.fired: list[tuple[int, str]] = []  # (tick, fault kind) as they happened
         self._connected = False
         self._dead = False  # after a disconnect fault
+        self._frozen: dict[str, np.ndarray] | None = None  # the images a frozen camera repeats
+        self._captures = 0
         self._last: Observation | None = None
 
     @property
@@ -140,7 +145,12 @@ class MockRobot:
         state = self.state.astype(np.float32)
         if "nan_state" in self._pending:
             state[:] = np.nan
+        self._captures += 1
         data = {k: self._image(s) for k, s in self._obs_specs.items() if keys.is_image_key(k)}
+        if "freeze" in self._pending and self._frozen is None:
+            self._frozen = data  # the last live frame: every later one repeats it
+        if self._frozen is not None:
+            data = {k: v.copy() for k, v in self._frozen.items()}
         data[keys.OBS_STATE] = state
         if "stale" in self._pending:
             captured -= self._pending["stale"]
@@ -156,6 +166,8 @@ class MockRobot:
         action = np.asarray(action, np.float32).reshape(self._action_spec.shape).copy()
         self.sent.append(action)
         self._move(action.astype(np.float64))
+        if getattr(self, "_pending", {}).pop("nan_reply", None) is not None:
+            return np.full_like(action, np.nan)
         return action
 
     def _move(self, a: np.ndarray) -> None:
@@ -169,4 +181,6 @@ class MockRobot:
 
     def _image(self, spec: keys.Spec) -> np.ndarray:
         colour = (np.tanh(self.state[:3]) * 127 + 128).astype(np.uint8) if len(self.state) >= 3 else 128
-        return np.broadcast_to(np.asarray(colour, np.uint8), spec.shape).copy()
+        image = np.broadcast_to(np.asarray(colour, np.uint8), spec.shape).copy()
+        image[0, 0] = self._captures % 256
+        return image

@@ -4,12 +4,15 @@
     ... recorder.add(obs.data, sent_action) every tick the shield accepted the observation ...
     recorder.write(instruction="open the drawer", task="drawer-close-v3", success=True)
 
-The store is opened (or created, kind `robot`) before the robot moves, so a wrong schema or a store
-locked by another writer fails the run before it starts. Each step is the observation the policy saw
+The store is opened (or created, kind `robot`) before the robot moves, so a wrong schema (any field of
+a key's spec, or the fps) or a store locked by another writer fails the run before it starts; a store
+the recorder created is removed again if the run records no episode, so a failed run leaves nothing.
+Each step is checked against the schema as it is added (a float frame for a uint8 camera is refused,
+naming the key, not stored as black). Each step is the observation the policy saw
 and the action the robot reported sending (after the shield and the robot's own clipping): what was
 done, not what was asked. Ticks whose observation the watchdog rejected (stale frames, NaN state) are
 left out. The episode's source is `policy`. A store recorded at another rate is refused (its steps
-would not be 1/fps apart), and a store created for a run that recorded nothing is removed again.
+would not be 1/fps apart).
 """
 
 from __future__ import annotations
@@ -19,44 +22,47 @@ import logging
 import numpy as np
 
 from vla import keys
-from vla.datasets.store import StoreError, TrajectoryStore
+from vla.datasets.store import StoreError, TrajectoryStore, conform, schema_difference
 
 log = logging.getLogger(__name__)
 
 
 class Recorder:
     def __init__(self, path: str, features: dict[str, keys.Spec], fps: float):
-        self.path, self.features = str(path), dict(features)
+        self.path, self.features, self.fps = str(path), dict(features), float(fps)
+        for key, spec in self.features.items():  # a robot whose features break the contract records nothing
+            problem = keys.spec_problem(key, spec)
+            if problem:
+                raise StoreError(f"cannot record into {self.path}: the robot's {problem}")
         self.created = not TrajectoryStore.exists(self.path)
         if self.created:
             self.store = TrajectoryStore.create(self.path, self.features, fps=fps, kind="robot")
         else:
             self.store = TrajectoryStore.open(self.path, mode="a")
-            self._check_schema(fps)
+            self._check_schema()
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in self.features}
 
-    def _check_schema(self, fps: float) -> None:
-        have = self.store.specs
+    def _check_schema(self) -> None:
+        problem = None
         if self.store.kind != "robot":
+            problem = f"{self.path} holds {self.store.kind} data; a control run records robot trajectories"
+        elif difference := schema_difference(self.store.specs, self.features):
+            problem = f"{self.path} has another schema than this robot's: {difference}; record into another store"
+        elif self.store.fps != self.fps:
+            problem = (f"{self.path} holds steps at {self.store.fps:g} fps; this run ticks at {self.fps:g} Hz: "
+                       f"pass --hz {self.store.fps:g} or record into another store")  # fmt: skip
+        if problem:
             self.store.close()
-            raise StoreError(f"{self.path} holds {self.store.kind} data; a control run records robot trajectories")
-        if self.store.fps != fps:
-            self.store.close()
-            raise StoreError(f"{self.path} holds {self.store.fps:g} fps episodes and this run records at {fps:g} Hz; "
-                             f"run at --hz {self.store.fps:g} or record into another store")  # fmt: skip
-        mismatched = [k for k in set(have) | set(self.features) if k not in have or k not in self.features
-                      or tuple(have[k].shape) != tuple(self.features[k].shape)]  # fmt: skip
-        if mismatched:
-            self.store.close()
-            raise StoreError(
-                f"{self.path} has keys {sorted(have)} with other shapes or names than this robot's "
-                f"{sorted(self.features)} (differ: {', '.join(sorted(mismatched))}); record into another store"
-            )
+            raise StoreError(problem)
 
     def add(self, data: dict[str, np.ndarray], action: np.ndarray) -> None:
-        for key in self.features:
-            value = action if key == keys.ACTION else data[key]
-            self.steps[key].append(np.array(value, dtype=self.features[key].dtype, copy=True))
+        """One step: every key checked against the schema (dtype, shape, values) before any is kept."""
+        step = {
+            key: np.array(conform(key, spec, action if key == keys.ACTION else data[key], steps=False), copy=True)
+            for key, spec in self.features.items()
+        }
+        for key, value in step.items():
+            self.steps[key].append(value)
 
     def __len__(self) -> int:
         return len(self.steps[keys.ACTION])

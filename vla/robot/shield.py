@@ -21,7 +21,14 @@ commanded position clipped to the workspace (a hard wall: it may decelerate hard
 acceleration limit, and says so with a `workspace` event). Every intervention is an event.
 
 Observations are judged before the policy sees them (`check_observation`): older than `max_obs_age`
-(the watchdog) or with a non-finite state -> hold, and the observation is withheld from the policy.
+(the watchdog), with a non-finite state, or from a frozen camera (`FrozenFrames`: a frame repeated on more
+than `max_frozen_ticks` ticks while the arm moved more than a step, though its timestamp is new) -> hold,
+and the observation is withheld from the policy.
+
+Nothing non-finite ever reaches the robot: a non-finite proposal is replaced by a hold, and what the
+robot reports it sent (`Shield.sent`) is remembered only when finite and of the action's shape; anything
+else is a `bad_reply` fault (the loop holds on the next tick), so a glitching reply never becomes the
+command a hold repeats.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from vla.errors import UserError, choice_error
 ACTION_MODES = ("delta", "absolute")
 DELTA_FROM = ("measured", "commanded")
 CLAMP_KINDS = ("gripper", "max_step", "velocity", "acceleration", "workspace")  # action changed, still sent
-HOLD_KINDS = ("stale_observation", "nonfinite_state", "nonfinite_action", "bad_action")  # replaced by a hold
+# replaced by a hold (bad_reply: the robot reported a non-finite or malformed command; the next tick holds)
+HOLD_KINDS = ("stale_observation", "frozen_camera", "nonfinite_state", "nonfinite_action", "bad_action", "bad_reply")
 SAFE_STOP = "safe_stop"  # hold, then disconnect: signals, exceptions, disconnects, a watchdog that keeps firing
 ROUNDING = 1e-6  # a change under this share of its limit is float rounding (float32 actions), not a clamp event
 
@@ -60,6 +68,7 @@ class ShieldConfig:
     gripper_state: int | None = None  # absolute mode: state dim measuring the gripper (held before any command)
     gripper_hold: float = 0.0  # gripper command held before any was sent, when there is no gripper_state
     max_obs_age: float = 0.5  # s: an older observation makes the shield hold (the watchdog)
+    max_frozen_ticks: int = 3  # ticks a camera frame may repeat while the arm moves; more: hold (frozen camera)
     stop_after: float = 1.0  # s of uninterrupted fault holds before a safe stop
     stop_hold: float = 0.3  # s a safe stop keeps holding before it disconnects
 
@@ -85,6 +94,8 @@ class ShieldConfig:
             raise UserError(f"shield gripper_low {self.gripper_low} exceeds gripper_high {self.gripper_high}")
         if min(self.max_obs_age, self.stop_after) <= 0 or self.stop_hold < 0 or self.delta_scale <= 0:
             raise UserError("shield max_obs_age, stop_after and delta_scale must be > 0, stop_hold >= 0")
+        if not isinstance(self.max_frozen_ticks, int) or self.max_frozen_ticks < 1:
+            raise UserError(f"shield max_frozen_ticks must be an integer >= 1, got {self.max_frozen_ticks!r}")
 
     def check_dims(self, action_dim: int, state_dim: int) -> None:
         """Every action dim must be shielded (arm or gripper); indices must exist."""
@@ -124,6 +135,8 @@ def hold_action(cfg: ShieldConfig, memory: ShieldMemory, state: np.ndarray, acti
     mode before any command, with an unreadable state): a position servo then keeps its last goal."""
     action = np.zeros(action_dim, np.float64)
     last = memory.last_action
+    if last is not None and not np.all(np.isfinite(last)):
+        last = None  # never repeat a non-finite command (the memory never keeps one; this is a second line)
     if cfg.action_mode == "absolute":
         if last is not None:
             return last.astype(np.float32)
@@ -223,6 +236,41 @@ def check_observation(
     return []
 
 
+class FrozenFrames:
+    """Per camera, how many observations in a row repeated the same frame, and how far the arm moved
+    meanwhile. A live camera's frames differ (sensor noise, a scene that moves with the arm); a frozen one
+    keeps delivering one image under fresh timestamps, which the age check cannot see. An arm at rest, or
+    pressing against something, in a still scene (a sim twin) repeats frames legitimately, so repeats are
+    a fault only once the measured position has moved by more than one tick's `max_step` on some dim."""
+
+    def __init__(self):
+        self.first: dict[str, tuple[np.ndarray, np.ndarray | None, int]] = {}  # key -> (frame, position then, repeats)
+
+    def check(self, cfg: ShieldConfig, data: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+        """Record this observation's frames; [("frozen_camera", why)] if one repeated on more than
+        `cfg.max_frozen_ticks` ticks while the arm moved, else []."""
+        state = data.get(keys.OBS_STATE)
+        pos = None if state is None else np.asarray(state, np.float64)[cfg.state_index]
+        problems = []
+        for key, frame in data.items():
+            if not keys.is_image_key(key):
+                continue
+            frame = np.asarray(frame)
+            seen = self.first.get(key)
+            if seen is None or seen[0].shape != frame.shape or not np.array_equal(seen[0], frame):
+                self.first[key] = (frame.copy(), pos, 0)
+                continue
+            repeats = seen[2] + 1
+            self.first[key] = (seen[0], seen[1], repeats)
+            if repeats <= cfg.max_frozen_ticks or pos is None or seen[1] is None:
+                continue
+            moved = np.abs(pos - seen[1])
+            if np.any(moved > cfg.per_dim("max_step")):  # NaN compares False: a NaN state is judged elsewhere
+                problems.append(("frozen_camera", f"{key} repeated one frame on {repeats} ticks while the arm "
+                                 f"moved {moved.max():.4g} (limit {cfg.max_frozen_ticks} ticks)"))  # fmt: skip
+        return problems
+
+
 class Shield:
     """`ShieldConfig` + the memory of what was sent, for a loop running at `hz`."""
 
@@ -242,7 +290,16 @@ class Shield:
         action, _, self.memory = _held(self.cfg, self.memory, state, self.action_dim, [])
         return action, list(events or [])
 
-    def sent(self, action: np.ndarray) -> None:
-        """The robot reports what it actually sent (it may clip further): remember that, not our command."""
-        if self.memory.last_action is not None and action is not None:
-            self.memory.last_action = np.asarray(action, np.float32)
+    def sent(self, reply: np.ndarray | None) -> list[tuple[str, str]]:
+        """The robot reports what it actually sent (it may clip further): remember that, not our command, if
+        it is a finite action; anything else is a fault ([("bad_reply", why)]) and our own command stays."""
+        if reply is None:
+            return []
+        values = np.asarray(reply)
+        if values.shape != (self.action_dim,) or values.dtype.kind not in "fiu":
+            return [("bad_reply", f"send_action returned {values.dtype} {values.shape}, expected ({self.action_dim},)")]
+        if not np.all(np.isfinite(values)):
+            return [("bad_reply", f"send_action returned {values}")]
+        if self.memory.last_action is not None:
+            self.memory.last_action = values.astype(np.float32)
+        return []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +192,7 @@ class TabletopEnv(gym.Env):
             return
         self._closed = True
         if self._renderer is not None:
-            self._release()  # a weakref.finalize: closes the renderer once, now
+            self._renderer.close()
             self._renderer = None
 
     # --- chain bookkeeping ----------------------------------------------------------------------
@@ -238,9 +237,7 @@ class TabletopEnv(gym.Env):
         if self._closed:
             raise UserError("this env is closed")
         if self._renderer is None:
-            self._renderer = make_renderer(self.scene.model, self.image_size)
-            # Close the GL context with the env, or at exit before EGL is torn down (else it warns).
-            self._release = weakref.finalize(self, self._renderer.close)
+            self._renderer = make_renderer(self.scene.model, self.image_size)  # one left open closes at exit
         self._renderer.update_scene(self.scene.data, camera=camera)
         return self._renderer.render()
 

@@ -1,0 +1,40 @@
+"""Renderer teardown: envs never closed, and worker processes, exit without EGL tracebacks (issue 15.14)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+UNCLOSED = """
+from vla import envs
+kept = []
+for suite in ("metaworld", "tabletop"):
+    s = envs.get_suite(suite)
+    kept.append(s.make_env(s.tasks()[0], image_size=16))
+    kept[-1].reset(seed=0)  # renders; the env is never closed, and lives until the interpreter exits
+print("rendered")
+"""
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _clean(stderr: str) -> bool:
+    return "Traceback" not in stderr and "EGL" not in stderr and "Exception ignored" not in stderr
+
+
+def test_envs_never_closed_exit_without_egl_errors(tmp_path):
+    run = _run(["-c", UNCLOSED], tmp_path)
+    assert run.returncode == 0 and "rendered" in run.stdout, run.stderr
+    assert _clean(run.stderr), run.stderr
+
+
+def test_eval_with_two_workers_exits_cleanly(tmp_path):
+    run = _run(["-m", "vla.cli", "eval", "--policy", "zero", "--suite", "tabletop", "--tasks",
+                "lift-block,open-drawer", "--episodes", "1", "--max-steps", "2", "--workers", "2",
+                "--videos", "0", "--image-size", "16", "-q", "--out", str(tmp_path / "eval")], tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert _clean(run.stderr), run.stderr
