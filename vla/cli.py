@@ -31,11 +31,13 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vla.config import load_config
+    from vla.config import given_keys, load_config, read_tree
     from vla.train import train
 
     cfg = load_config(args.config, args.set)
-    result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet)
+    logging.getLogger("vla.train").setLevel(logging.INFO)  # the run's own notes: resuming, what it inferred
+    given = given_keys(read_tree(args.config, args.set))  # what --resume must apply or refuse, by name
+    result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet, given=given)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process speaks for the run
         return 0
     if result.init_report:

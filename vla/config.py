@@ -185,6 +185,46 @@ def read_tree(path: str | Path | None = None, overrides: list[str] | None = None
     return tree
 
 
+def given_keys(tree: dict, cls=Config, prefix: str = "") -> list[str]:
+    """The dotted fields a config tree (a YAML file with overrides, see `read_tree`) sets, e.g.
+    ["policy.preset", "train.lr", "train.eval.suite"]: what a user asked for, not what defaults filled in."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if f.name in tree:
+            if dataclasses.is_dataclass(hints[f.name]) and isinstance(tree[f.name], dict):
+                keys += given_keys(tree[f.name], hints[f.name], f"{prefix}{f.name}.")
+            else:
+                keys.append(prefix + f.name)
+    return keys
+
+
+def field_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every leaf field of a config dataclass as a dotted key (sections are walked, not listed)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += field_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def get_field(cfg, key: str):
+    """The value of dotted `key` (e.g. "train.eval.suite") in a config dataclass."""
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def set_field(cfg, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for name in parents:
+        cfg = getattr(cfg, name)
+    setattr(cfg, leaf, value)
+
+
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
