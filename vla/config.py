@@ -19,7 +19,7 @@ import yaml
 
 from vla.errors import UserError
 from vla.options import check_fields, option
-from vla.policies.config import PolicyConfig, legacy_keys, with_preset
+from vla.policies.config import PolicyConfig, legacy_keys, migrate_values, with_preset
 
 # --- data -----------------------------------------------------------------------------------------
 
@@ -105,6 +105,8 @@ def _build(cls, values: dict, where: str):
     if unknown:
         raise UserError(f"unknown config field {where + '.' if where else ''}{unknown[0]}; valid: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
+    if cls is PolicyConfig:
+        values = migrate_values(values)
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}".lstrip(".")) for name, value in values.items()}
     if cls is PolicyConfig:
         kwargs = with_preset(kwargs)

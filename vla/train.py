@@ -25,6 +25,7 @@ from vla.datasets.sampler import WindowSpec, collate, make_datasets
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError
+from vla.policies.config import resolve_gripper
 from vla.policies.vla_policy import VLAPolicy
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,15 @@ def build_data(cfg: Config):
     for store in stores:
         store_stats = get_stats(store)
         for key, spec in store.specs.items():
-            if key in features and features[key] != spec.to_json():
+            if key in features and keys.Spec.from_json(features[key]) != spec:
                 earlier = f"{tuple(features[key]['shape'])} {features[key]['dtype']}"
                 raise UserError(f"{store.path} holds {key} as {spec.shape} {spec.dtype}, an earlier store as {earlier}")
-            features.setdefault(key, spec.to_json())
+            declared = features.get(key, {}).get("gripper")
+            if declared and spec.gripper and declared != spec.gripper and cfg.policy.gripper == "auto":
+                raise UserError(f"{store.path} declares a {spec.gripper} gripper, an earlier store a {declared} one; "
+                                "train on one kind, or set policy.gripper")  # fmt: skip
+            if key not in features or (spec.gripper and not declared):
+                features[key] = spec.to_json()  # the first store's, or the first that declares its gripper
             stats.setdefault(key, store_stats[key])
     if not any(keys.is_image_key(k) for k in features):
         raise UserError("the training stores hold no camera images (observation.images.<camera>)")
@@ -286,6 +292,9 @@ def train(
     torch.manual_seed(cfg.train.seed + rank)
     train_set, val_set, order, features, stats = build_data(cfg)
     cfg.policy.features = features
+    cfg.policy, why = resolve_gripper(cfg.policy, stats)  # saved resolved: a resume and a loaded policy agree
+    if keys.ACTION in features:
+        log.info("policy.gripper: %s (%s)", cfg.policy.gripper, why)
     policy = VLAPolicy(cfg.policy, stats).to(device).train()
     result = TrainResult(out, cfg.train.steps)
     if init:
