@@ -87,6 +87,7 @@ def build_data(cfg: Config):
     order = MixtureOrder([len(t) for t, _ in splits], [s.weight for s in cfg.data.stores], cfg.train.seed)
     features, stats = {}, {}
     for store in stores:
+        _warn_of_eval_scenes(store)
         store_stats = get_stats(store)
         for key, spec in store.specs.items():
             if key in features and keys.Spec.from_json(features[key]) != spec:
@@ -102,6 +103,18 @@ def build_data(cfg: Config):
     if not any(keys.is_image_key(k) for k in features):
         raise UserError("the training stores hold no camera images (observation.images.<camera>)")
     return train, vals, order, features, stats
+
+
+def _warn_of_eval_scenes(store: TrajectoryStore) -> None:
+    """Say so when a store holds scenes `vla eval` draws by default (Meta-World's held-out variants: a
+    store collected before they were held out, or with --split unseen)."""
+    suite = (store.attrs.get("collect") or {}).get("suite", "")
+    n = envs.seeds_in_split(suite, store.meta(keys.SEED).tolist(), "unseen")
+    if n:
+        log.warning("%s: %d of %d episodes show %s's held-out scenes (split unseen), which vla eval draws by "
+                    "default: evaluating this policy there replays training scenes; collect the store again "
+                    "(vla collect draws split train) or evaluate with --split train", store.path, n,
+                    store.num_episodes, suite)  # fmt: skip
 
 
 # --- optimisation ------------------------------------------------------------------------------------
