@@ -307,7 +307,7 @@ def train(
     cfg.policy.features = features
     cfg.policy, why = resolve_gripper(cfg.policy, stats)  # saved resolved: a resume and a loaded policy agree
     if keys.ACTION in features:
-        log.info("policy.gripper: %s (%s)", cfg.policy.gripper, why)
+        log.info("policy.gripper: %s (%s)", cfg.policy.gripper, "the run's, as it started" if resume else why)
     policy = VLAPolicy(cfg.policy, stats).to(device).train()
     result = TrainResult(out, cfg.train.steps)
     if init:
