@@ -89,9 +89,10 @@ def test_eval_seeds_differ_from_collect_seeds():
     from vla.envs import episode_seed
 
     plan = prepare(EvalConfig("zero", tasks="reach-v3", out="unused"))
-    assert plan.setup.split == "train" and plan.tasks == ["reach-v3"] and plan.policy is None
+    assert plan.setup.split == "unseen" and plan.tasks == ["reach-v3"] and plan.policy is None
     collected = {episode_seed(0, "metaworld", "train", "reach-v3", i) for i in range(100)}
     assert not collected & {episode_seed(0, "metaworld", "eval/train", "reach-v3", i) for i in range(100)}
+    assert not collected & {episode_seed(0, "metaworld", "eval/unseen", "reach-v3", i) for i in range(100)}
 
 
 def test_zero_policy_never_reaches(tmp_path):
@@ -232,7 +233,7 @@ def test_episode_ends_a_few_steps_after_success():
     [
         (["--suite", "dmc", "--tasks", "reach-v3"], "unknown suite 'dmc'; valid: metaworld, tabletop"),
         (["--tasks", "fly-v3"], "unknown metaworld task 'fly-v3'; valid: mt10, mt50, all, "),
-        (["--tasks", "reach-v3", "--split", "unseen"], "unknown metaworld split 'unseen'; valid: train"),
+        (["--tasks", "reach-v3", "--split", "test"], "unknown metaworld split 'test'; valid: train, unseen"),
         (["--tasks", "reach-v3", "--episodes", "0"], "--episodes must be >= 1, got 0"),
         (["--tasks", "reach-v3", "--chain"], "--chain needs a suite with instruction chains; metaworld has none"),
         ([], "--tasks is required"),

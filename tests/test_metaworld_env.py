@@ -33,7 +33,7 @@ def test_groups_are_metaworld_benchmarks(suite):
     assert set(suite.groups["mt10"]) <= set(suite.groups["mt50"])
     assert suite.tasks() == suite.groups["mt50"]
     assert {"reach-v3", "push-v3", "pick-place-v3", "drawer-close-v3"} <= set(MT10)
-    assert suite.splits == ("train",)
+    assert suite.splits == ("train", "unseen") and suite.eval_split == "unseen"
     assert set(suite.default_cameras) <= set(suite.cameras)
 
 
@@ -235,8 +235,8 @@ def test_bad_choices_raise_user_errors(suite):
     for size in (8, 100_000, 64.5):
         with pytest.raises(UserError, match="image_size"):
             suite.make_env("reach-v3", image_size=size)
-    with pytest.raises(UserError, match="train"):
-        suite.make_env("reach-v3", split="unseen")
+    with pytest.raises(UserError, match="train, unseen"):
+        suite.make_env("reach-v3", split="test")
 
 
 def test_close_twice_and_gym_registration():

@@ -90,12 +90,45 @@ def test_windows_never_cross_episodes(small_store):
 
 def test_split_is_disjoint_and_deterministic():
     for n in (2, 7, 50):
-        train, val = split_episodes(n, 0.2, seed=3)
+        tasks = ["a"] * n
+        train, val = split_episodes(tasks, 0.2, seed=3)
         assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(n))
         assert len(val) >= 1 and len(train) >= 1
-        again = split_episodes(n, 0.2, seed=3)
+        again = split_episodes(tasks, 0.2, seed=3)
         np.testing.assert_array_equal(train, again[0])
-    assert len(split_episodes(10, 0.0)[1]) == 0
+        np.testing.assert_array_equal(val, again[1])
+    assert len(split_episodes(["a"] * 10, 0.0)[1]) == 0
+
+
+def test_split_never_takes_a_tasks_only_episode():
+    # The case: 31 episodes, one task of them has a single episode (episode 17).
+    tasks = [f"task-{i % 3}" for i in range(30)]
+    tasks.insert(17, "lonely")
+    for seed in range(100):
+        train, val = split_episodes(tasks, 0.1, seed)
+        assert 17 in train and 17 not in val
+        assert len(val) == 3  # round(0.1 x the 30 episodes of tasks that have two or more)
+        assert sorted({tasks[i] for i in val}) == ["task-0", "task-1", "task-2"]  # one from each task of 10
+        assert {tasks[i] for i in train} == set(tasks)  # every task keeps training data
+    assert len({tuple(split_episodes(tasks, 0.1, seed)[1]) for seed in range(100)}) > 50  # the seed matters
+
+
+def test_split_is_proportional_per_task():
+    tasks = ["a"] * 7 + ["b"] * 5 + ["c"] * 2 + ["d"]
+    train, val = split_episodes(tasks, 0.3, seed=0)
+    counts = {t: sum(tasks[i] == t for i in val) for t in "abcd"}
+    assert counts == {"a": 2, "b": 1, "c": 1, "d": 0}  # 4 of 14: quotas 2.0, 1.43, 0.57 -> largest remainders
+    # A task's only episode trains even when the fraction asks for more than the other tasks can give.
+    train, val = split_episodes(["a", "a", "b"], 0.8, seed=0)
+    assert len(val) == 1 and 2 in train
+    assert len(split_episodes(["a", "b", "c"], 0.5, seed=0)[1]) == 0  # no task can spare an episode
+
+
+def test_split_does_not_depend_on_the_order_of_tasks():
+    tasks = ["a"] * 6 + ["b"] * 6
+    _, val = split_episodes(tasks, 0.34, seed=4)
+    _, swapped = split_episodes(tasks[6:] + tasks[:6], 0.34, seed=4)
+    assert sorted((val % 6).tolist()) == sorted((np.asarray(swapped) % 6).tolist())
 
 
 def test_datasets_split_by_episode(small_store):

@@ -145,15 +145,22 @@ def load_train_state(checkpoint_dir: Path) -> dict:
 
 
 def rng_state() -> dict:
-    return {
+    """Every global random number generator a training step may draw from: torch (CPU and each CUDA
+    device), numpy and python."""
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
         "numpy_pos": int(np.random.get_state()[2]),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(int(x) for x in state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])

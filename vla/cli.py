@@ -54,11 +54,13 @@ def _run_training(args: argparse.Namespace, cfg) -> int:
     """`vla train` and `vla pretrain`: the one loop. Its run summary and simulator results (INFO) are shown."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from vla.config import given_keys, read_tree
     from vla.train import train
 
     logging.getLogger("vla.train").setLevel(logging.INFO)
+    given = given_keys(read_tree(args.config, args.set))  # what --resume must apply or refuse, by name
     with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-        result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet)
+        result = train(cfg, resume=args.resume, init=args.init_from, progress=not args.quiet, given=given)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process speaks for the run
         return 0
     if result.init_report:

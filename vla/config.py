@@ -19,7 +19,7 @@ import yaml
 
 from vla.errors import UserError
 from vla.options import check_fields, option
-from vla.policies.config import PolicyConfig, legacy_keys, with_preset
+from vla.policies.config import PolicyConfig, legacy_keys, migrate_values, with_preset
 
 # --- data -----------------------------------------------------------------------------------------
 
@@ -105,6 +105,8 @@ def _build(cls, values: dict, where: str):
     if unknown:
         raise UserError(f"unknown config field {where + '.' if where else ''}{unknown[0]}; valid: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
+    if cls is PolicyConfig:
+        values = migrate_values(values)
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}".lstrip(".")) for name, value in values.items()}
     if cls is PolicyConfig:
         kwargs = with_preset(kwargs)
@@ -202,6 +204,46 @@ def _parse_yaml(text: str, what: str):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{what} is not valid YAML: {problem}{where}") from None
+
+
+def given_keys(tree: dict, cls=Config, prefix: str = "") -> list[str]:
+    """The dotted fields a config tree (a YAML file with overrides, see `read_tree`) sets, e.g.
+    ["policy.preset", "train.lr", "train.eval.suite"]: what a user asked for, not what defaults filled in."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if f.name in tree:
+            if dataclasses.is_dataclass(hints[f.name]) and isinstance(tree[f.name], dict):
+                keys += given_keys(tree[f.name], hints[f.name], f"{prefix}{f.name}.")
+            else:
+                keys.append(prefix + f.name)
+    return keys
+
+
+def field_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every leaf field of a config dataclass as a dotted key (sections are walked, not listed)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += field_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def get_field(cfg, key: str):
+    """The value of dotted `key` (e.g. "train.eval.suite") in a config dataclass."""
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def set_field(cfg, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for name in parents:
+        cfg = getattr(cfg, name)
+    setattr(cfg, leaf, value)
 
 
 def config_to_dict(cfg) -> dict:

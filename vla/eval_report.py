@@ -143,6 +143,7 @@ def format_markdown(report: dict) -> str:
         "",
         f"{cfg['episodes']} {'chains' if cfg['chain'] else 'episodes per task'}, seed {cfg['seed']}, "
         f"latency {'charged' if cfg['charge_latency'] else 'not charged'}, {report['seconds']:.0f} s",
+        *([f"Scenes: {cfg['scenes']}."] if cfg.get("scenes") else []),
         "",
         "| task | successes | success | 95% Wilson CI | mean steps to success |",
         "|---|---|---|---|---|",

@@ -2,7 +2,10 @@
 
 Every episode's seed is `vla.envs.episode_seed(seed, suite, "eval/" + split, task, i)`: a pure
 function of the arguments, disjoint from the seeds `vla collect` draws for training data (those use the
-plain split name), and recorded in the report, so the same command repeats the same scenes.
+plain split name), and recorded in the report, so the same command repeats the same scenes. The split
+defaults to the suite's `eval_split`, whose scenes collection never drew: Meta-World's held-out variants
+40-49 (`unseen`; a Meta-World seed picks variant seed % 50, and collection draws 0-39), tabletop's
+`train` (every seed a fresh layout). The report says which (`config.scenes`).
 
 Episodes run in `--workers` spawned processes; each builds its policy once and one env per task it
 meets, and reuses them. Results come back in job order, so the report does not depend on the number
@@ -333,7 +336,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
     # In-process, the policy loaded for validation is the one evaluated; workers load their own.
     results = _run_jobs(setup, jobs, cfg.workers, progress, plan.policy)
     seconds = time.perf_counter() - start
-    config = {**asdict(cfg), "suite": setup.suite, "split": setup.split, "image_size": setup.image_size,
+    config = {**asdict(cfg), "suite": setup.suite, "split": setup.split,
+              "scenes": envs.get_suite(setup.suite).describe_split(setup.split), "image_size": setup.image_size,
               "cameras": list(setup.cameras)}  # fmt: skip
     report = build_report(config, setup.policy_kind, tasks, plan.groups, [asdict(r) for r in results], seconds)
     if cfg.baseline:

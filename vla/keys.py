@@ -10,7 +10,7 @@ angles. Only the policy normalises.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 # --- per-step data keys -------------------------------------------------------------------------
 OBS_IMAGES = "observation.images"  # prefix: one key per camera, observation.images.<camera>
@@ -68,6 +68,13 @@ def future_key(key: str) -> str:
     return FUTURE_PREFIX + key
 
 
+# --- the gripper: what the last action dimension is, declared by the action's Spec -----------------
+# binary: an open/close command (e.g. an effort in [-1, 1], -1 open, +1 close): classified, and executed as
+#         the store's open or closed value; continuous: a position (e.g. LeRobot's 0-100): regressed with
+#         the arm; none: no gripper, every dimension is regressed.
+GRIPPER_KINDS = ("binary", "continuous", "none")
+
+
 @dataclass(frozen=True)
 class Spec:
     """What one per-step key holds: the store's schema, the env's observation space, the robot's features."""
@@ -76,15 +83,22 @@ class Spec:
     shape: tuple[int, ...]  # per-step shape
     units: str
     description: str
+    # The action only: the kind of its last dimension (GRIPPER_KINDS); "" undeclared (stores from before
+    # it was declared: the policy infers it from the data). Not part of a store's schema: a store written
+    # before keeps taking episodes from envs that declare it.
+    gripper: str = field(default="", compare=False)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if not self.gripper:
+            del d["gripper"]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> Spec:
-        return cls(dtype=d["dtype"], shape=tuple(d["shape"]), units=d["units"], description=d["description"])
+        return cls(dtype=d["dtype"], shape=tuple(d["shape"]), units=d["units"], description=d["description"],
+                   gripper=d.get("gripper", ""))  # fmt: skip
 
 
 def spec_problem(key: str, spec: Spec) -> str | None:
@@ -110,5 +124,8 @@ def state_spec(description: str, dim: int) -> Spec:
     return Spec("float32", (dim,), "m (positions), rad (angles), gripper as described", description)
 
 
-def action_spec(description: str, dim: int) -> Spec:
-    return Spec("float32", (dim,), "m (end-effector displacement per step), gripper as described", description)
+def action_spec(description: str, dim: int, gripper: str = "binary") -> Spec:
+    """End-effector displacements and, last, a gripper of kind `gripper` (GRIPPER_KINDS)."""
+    if gripper not in GRIPPER_KINDS:
+        raise ValueError(f"gripper kind {gripper!r}; valid: {', '.join(GRIPPER_KINDS)}")
+    return Spec("float32", (dim,), "m (end-effector displacement per step), gripper as described", description, gripper)

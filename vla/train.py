@@ -21,12 +21,13 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from vla import checkpoint, keys
-from vla.config import Config
+from vla import checkpoint, envs, keys
+from vla.config import Config, field_keys, get_field, set_field
 from vla.datasets.sampler import WindowSpec, collate, make_datasets
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError, choice_error
+from vla.policies.config import resolve_gripper
 from vla.policies.vla_policy import VLAPolicy
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,21 @@ class MixtureOrder:
         return [self.offsets[s] + rng.integers(self.sizes[s], size=batch_size) for s in stores]
 
 
+def loader_generator(seed: int, *stream: int) -> torch.Generator:
+    """The generator a DataLoader draws its worker seeds from (each worker's torch, numpy and python
+    seeds): a pure function of (seed, *stream) (training: 0, epoch, rank; validation: 1), so a resumed
+    epoch gets the workers it had, and opening a loader draws nothing from the global generator that
+    training's own random draws continue from."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0]))
+
+
 def batches(dataset, order: MixtureOrder, batch_size: int, epoch: int, start: int, rank=0, world=1, workers=0):
     """Yield (epoch, index of the batch in its epoch, batch) forever, starting at (epoch, start).
     Each process takes its share of every global batch, so all processes see the same kind of data."""
     while True:
         plan = [b[rank::world].tolist() for b in order(epoch, batch_size * world)[start:]]
-        loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers)
+        loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers,
+                            generator=loader_generator(order.seed, 0, epoch, rank))  # fmt: skip
         for i, batch in enumerate(loader, start=start):
             yield epoch, i, batch
         epoch, start = epoch + 1, 0
@@ -84,16 +94,34 @@ def build_data(cfg: Config):
     order = MixtureOrder([len(t) for t, _ in splits], [s.weight for s in cfg.data.stores], cfg.train.seed)
     features, stats = {}, {}
     for store in stores:
+        _warn_of_eval_scenes(store)
         store_stats = get_stats(store)
         for key, spec in store.specs.items():
-            if key in features and features[key] != spec.to_json():
+            if key in features and keys.Spec.from_json(features[key]) != spec:
                 earlier = f"{tuple(features[key]['shape'])} {features[key]['dtype']}"
                 raise UserError(f"{store.path} holds {key} as {spec.shape} {spec.dtype}, an earlier store as {earlier}")
-            features.setdefault(key, spec.to_json())
+            declared = features.get(key, {}).get("gripper")
+            if declared and spec.gripper and declared != spec.gripper and cfg.policy.gripper == "auto":
+                raise UserError(f"{store.path} declares a {spec.gripper} gripper, an earlier store a {declared} one; "
+                                "train on one kind, or set policy.gripper")  # fmt: skip
+            if key not in features or (spec.gripper and not declared):
+                features[key] = spec.to_json()  # the first store's, or the first that declares its gripper
             stats.setdefault(key, store_stats[key])
     if not any(keys.is_image_key(k) for k in features):
         raise UserError("the training stores hold no camera images (observation.images.<camera>)")
     return train, vals, order, features, stats
+
+
+def _warn_of_eval_scenes(store: TrajectoryStore) -> None:
+    """Say so when a store holds scenes `vla eval` draws by default (Meta-World's held-out variants: a
+    store collected before they were held out, or with --split unseen)."""
+    suite = (store.attrs.get("collect") or {}).get("suite", "")
+    n = envs.seeds_in_split(suite, store.meta(keys.SEED).tolist(), "unseen")
+    if n:
+        log.warning("%s: %d of %d episodes show %s's held-out scenes (split unseen), which vla eval draws by "
+                    "default: evaluating this policy there replays training scenes; collect the store again "
+                    "(vla collect draws split train) or evaluate with --split train", store.path, n,
+                    store.num_episodes, suite)  # fmt: skip
 
 
 # --- optimisation ------------------------------------------------------------------------------------
@@ -219,6 +247,19 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return True
 
 
+def numerics(device: torch.device, bf16: bool) -> str:
+    """What decides a run's float results on this machine, beside its seed: the precision, the kernels
+    (on a CPU, the instruction set torch's kernels use) and the thread count. Two machines that differ in
+    any of them train different weights from the same config (see the README's quickstart)."""
+    precision = "bfloat16 autocast" if bf16 else "float32"
+    if device.type == "cpu":
+        return (f"{precision} on the CPU, {torch.backends.cpu.get_cpu_capability()} kernels, "
+                f"{torch.get_num_threads()} threads")  # fmt: skip
+    if device.type == "cuda":
+        return f"{precision} on {torch.cuda.get_device_name(device)}"
+    return f"{precision} on {device}"
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():
@@ -226,26 +267,64 @@ def _distributed() -> tuple[int, int]:
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
-def prepare(cfg: Config, resume: bool) -> Config:
-    """The config a run trains with: on resume, the run's own resolved config."""
+# What a resume may change: how far the run goes, the directory it continues (a copy of a run resumes as
+# itself), what is logged, saved and evaluated on the way, the device, and how many processes load the
+# data (the batches do not depend on it). Everything else decides the weights and is the run's own.
+RESUME_MAY_CHANGE = ("train.steps", "train.out", "train.log_every", "train.val_every", "train.save_every",
+                     "train.device", "data.num_workers")  # fmt: skip
+
+
+def _may_change(key: str) -> bool:
+    return key in RESUME_MAY_CHANGE or key.startswith("train.eval.")
+
+
+def prepare(cfg: Config, resume: bool, given: list[str] | None = None) -> Config:
+    """The config a run trains with. A new run: `cfg`, in a directory without a checkpoint. A resume: the
+    run's own config from the checkpoint in `cfg.train.out` (the directory given, which may be a copy),
+    with each setting in `given` (dotted keys the user set; None: every field of `cfg`) that differs from
+    the run's applied if a resume may change it (`RESUME_MAY_CHANGE`, `train.eval.*`) and refused, by
+    name, otherwise."""
     out = Path(cfg.train.out)
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise UserError(f"train.out {out}: {existing} is a file; set train.out to a directory")
-    if resume:
-        saved = checkpoint.load_run_config(out)
-        saved.train.steps = cfg.train.steps  # the one thing a resume may change: how far to go
-        return saved
-    if (out / checkpoint.CHECKPOINT).exists():
-        raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or set train.out elsewhere")
-    return cfg
+    if not resume:
+        if (out / checkpoint.CHECKPOINT).exists():
+            raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or set train.out elsewhere")
+        return cfg
+    saved = checkpoint.load_run_config(out)
+    changes = {}
+    for key in field_keys() if given is None else given:
+        new, old = get_field(cfg, key), get_field(saved, key)
+        filled_by_training = key == "policy.features" or (key == "policy.gripper" and new == "auto")
+        if new != old and not filled_by_training and key != "train.out":
+            changes[key] = (old, new)
+    refused = [f"{k} ({old!r} in the run, {new!r} here)" for k, (old, new) in changes.items() if not _may_change(k)]
+    if refused:
+        raise UserError(f"--resume continues {out} as it was trained, so it cannot change {'; '.join(refused)}: leave "
+                        f"{'it' if len(refused) == 1 else 'them'} out, or start a new run (train.out elsewhere, "
+                        "--init-from to start from its weights)")  # fmt: skip
+    for key, (old, new) in changes.items():
+        set_field(saved, key, new)
+        log.info("resume: %s %r -> %r", key, old, new)
+    if saved.train.out != cfg.train.out:
+        log.info("resume: continuing %s (its config names %s as the run directory)", cfg.train.out, saved.train.out)
+        saved.train.out = cfg.train.out
+    return saved
 
 
 def train(
-    cfg: Config, resume: bool = False, init: str | None = None, progress: bool = True, stop_at: int | None = None
+    cfg: Config,
+    resume: bool = False,
+    init: str | None = None,
+    progress: bool = True,
+    stop_at: int | None = None,
+    given: list[str] | None = None,
 ) -> TrainResult:
-    """Train to `cfg.train.steps` (or stop early at `stop_at` with a checkpoint, as an interruption would)."""
-    cfg = prepare(cfg, resume)
+    """Train to `cfg.train.steps` (or stop early at `stop_at` with a checkpoint, as an interruption would).
+    resume: continue the run in `cfg.train.out` exactly where its checkpoint stopped; `given` names the
+    settings the user set (see `prepare`)."""
+    cfg = prepare(cfg, resume, given)
     rank, world = _distributed()
     device, out = _device(cfg), Path(cfg.train.out)
     check_eval(cfg)
@@ -253,6 +332,9 @@ def train(
     train_set, val_set, order, features, stats = build_data(cfg)
     order.batches_per_epoch(cfg.train.batch_size * world)
     cfg.policy.features = features
+    cfg.policy, why = resolve_gripper(cfg.policy, stats)  # saved resolved: a resume and a loaded policy agree
+    if keys.ACTION in features:
+        log.info("policy.gripper: %s (%s)", cfg.policy.gripper, "the run's, as it started" if resume else why)
     policy = VLAPolicy(cfg.policy, stats).to(device).train()
     result = TrainResult(out, cfg.train.steps)
     if init:
@@ -260,6 +342,10 @@ def train(
     opt, sched = make_optimizer(policy, cfg)
     ema = EMA(policy, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     step, epoch, start = restore(out, policy, opt, sched, ema) if resume else (0, 0, 0)
+    if resume:
+        if step > cfg.train.steps:
+            raise UserError(f"{out} is at step {step}, past train.steps {cfg.train.steps}: set train.steps above it")
+        log.info("resuming from step %d (epoch %d, batch %d) in %s", step, epoch, start, out)
     model = _data_parallel(policy, device) if world > 1 else policy
     bf16 = use_bf16(cfg, device)
     if rank == 0:
@@ -268,11 +354,12 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         if result.init_report and rank == 0:
             (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
-        logger = MetricLogger(out, enabled=rank == 0)
+        logger = MetricLogger(out, enabled=rank == 0, start=step)
         stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
         bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step",
                    mininterval=0.5)  # fmt: skip
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        log.info("numerics: %s", numerics(device, bf16))
         samples_per_step = cfg.train.batch_size * cfg.train.grad_accum * world
         tick = time.perf_counter()
         last = min(cfg.train.steps, stop_at or cfg.train.steps)
@@ -401,7 +488,8 @@ def validate(cfg: Config, weights: dict, stats, val_sets: list, device, bf16: bo
     losses = []
     for val_set in val_sets:
         plan = np.array_split(np.arange(len(val_set)), max(1, len(val_set) // cfg.train.batch_size))[:max_batches]
-        loader = DataLoader(val_set, batch_sampler=[p.tolist() for p in plan], collate_fn=collate)
+        loader = DataLoader(val_set, batch_sampler=[p.tolist() for p in plan], collate_fn=collate,
+                            generator=loader_generator(cfg.train.seed, 1))  # fmt: skip
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             losses += [float(policy(batch)[0]) for batch in loader]
     return float(np.mean(losses))
@@ -433,17 +521,25 @@ def save(cfg, policy, ema, opt, sched, step, position, out) -> Path:
 
 
 class MetricLogger:
-    """JSONL always; TensorBoard when the package is there."""
+    """JSONL always; TensorBoard when the package is there. A run starting at step `start` (a resume)
+    keeps the entries up to that step and drops later ones, which the run is about to log again; a new
+    run (start 0) starts both afresh."""
 
-    def __init__(self, out: Path, enabled: bool):
+    def __init__(self, out: Path, enabled: bool, start: int = 0):
         self.enabled = enabled
-        self.file = open(out / "metrics.jsonl", "a") if enabled else None
+        self.file = None
         self.tb = None
         if enabled:
+            path = out / "metrics.jsonl"
+            kept = [line for line in _read_lines(path) if _step_of(line) is not None and _step_of(line) <= start]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
+            self.file = open(path, "a")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out / "tb"))
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1)  # hides later events of a killed run
             except ImportError:
                 log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
 
@@ -461,3 +557,15 @@ class MetricLogger:
             self.file.close()
         if self.tb:
             self.tb.close()
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line a kill cut short."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -21,7 +21,10 @@ which every loss honours.
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +34,8 @@ from torch.utils.data import Dataset, Sampler
 from vla import keys
 from vla.datasets.store import StoreError, TrajectoryStore
 from vla.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,18 +77,41 @@ class WindowSpec:
         return out
 
 
-def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) episode indices, disjoint, a pure function of the arguments.
+def split_episodes(tasks: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) episode indices, disjoint and sorted: a pure function of the episodes' tasks (one name
+    per episode, in store order), `val_fraction` and `seed`.
 
-    With at least two episodes and val_fraction > 0, val holds at least one episode and train too.
+    Split by task: validation episodes are drawn within each task of at least two episodes, about
+    `val_fraction` of it (largest remainders, so the total is round(val_fraction x those episodes)), and
+    every task keeps at least one episode for training, so a task with a single episode always trains on
+    it. With val_fraction > 0 and a task of two or more episodes, val holds at least one episode. Which of
+    a task's episodes are drawn depends on the seed and the task's name, not on the order of the tasks.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(num_episodes)
-    n_val = int(round(num_episodes * val_fraction))
-    if val_fraction > 0 and num_episodes >= 2:
-        n_val = min(max(n_val, 1), num_episodes - 1)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    tasks = np.asarray([str(t) for t in tasks])
+    groups = {name: np.flatnonzero(tasks == name) for name in sorted(set(tasks.tolist()))}
+    eligible = {name: episodes for name, episodes in groups.items() if len(episodes) >= 2}
+    n_eligible = sum(len(e) for e in eligible.values())
+    total = int(round(n_eligible * val_fraction))
+    if val_fraction > 0 and eligible:
+        total = max(total, 1)
+    total = min(total, n_eligible - len(eligible))  # every task keeps one episode for training
+    counts = {name: min(len(e) * total // n_eligible, len(e) - 1) for name, e in eligible.items()}
+    # The remaining episodes go to the tasks with the largest remainders; ties in a seeded order.
+    tie = dict(zip(eligible, np.random.default_rng(seed).permutation(len(eligible))))
+    by_remainder = sorted(eligible, key=lambda name: (-(len(eligible[name]) * total % n_eligible), tie[name]))
+    while sum(counts.values()) < total:
+        for name in by_remainder:
+            if sum(counts.values()) < total and counts[name] < len(eligible[name]) - 1:
+                counts[name] += 1
+    val = [
+        episodes[np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(episodes))[: counts[name]]]
+        for name, episodes in eligible.items()
+    ]
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(len(tasks)), val)
+    return train, val
 
 
 class _ChunkCache:
@@ -230,9 +258,17 @@ class EpochSampler(Sampler[int]):
 def make_datasets(
     store: TrajectoryStore | str, window: WindowSpec, val_fraction: float = 0.1, seed: int = 0, **kw
 ) -> tuple[WindowDataset, WindowDataset | None]:
-    """Train and validation datasets split by episode."""
-    store = store if isinstance(store, TrajectoryStore) else TrajectoryStore.open(store)
-    train_eps, val_eps = split_episodes(store.num_episodes, val_fraction, seed)
+    """Train and validation datasets split by episode, within each task (see `split_episodes`)."""
+    store = TrajectoryStore.open(store) if isinstance(store, str) else store
+    tasks = store.meta(keys.TASK)
+    train_eps, val_eps = split_episodes(tasks, val_fraction, seed)
+    singles = sorted(name for name, n in zip(*np.unique(tasks, return_counts=True)) if n == 1)
+    if val_fraction > 0 and len(val_eps) == 0:
+        log.warning("%s: no validation episodes (no validation loss): no task has two episodes, and a task's "
+                    "only episode stays in training", store.path)  # fmt: skip
+    elif singles:
+        log.info("%s: %d task(s) with a single episode keep it for training: %s", store.path, len(singles),
+                 ", ".join(singles[:5]) + (", ..." if len(singles) > 5 else ""))  # fmt: skip
     train = WindowDataset(store, window, train_eps, **kw)
     val = WindowDataset(store, window, val_eps, **kw) if len(val_eps) else None
     return train, val

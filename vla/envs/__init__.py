@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from vla.envs import meta_world_splits
 from vla.errors import UserError, choice_error
 
 # Headless rendering: EGL works with the Mesa packages on the image. Set before mujoco is imported.
@@ -82,9 +83,15 @@ def episode_seed(seed: int, suite: str, split: str, task: str, attempt: int) -> 
 
     Part of the data contract: stores record these seeds, and `vla collect` resumes by them. Commands
     keep their episodes apart by `split`: collection uses the split's name, `vla eval` "eval/<split>",
-    `vla foresight` "foresight"."""
+    `vla foresight` "foresight". Where a suite's scenes are a finite set picked by the seed (Meta-World's
+    50 variants), the seed is moved onto the scenes of its split (`SCENE_SEEDS`), so collection (split
+    train) and evaluation of the unseen split never share a scene."""
     key = zlib.crc32(f"{suite}/{split}/{task}".encode())
-    return int(np.random.SeedSequence([seed, key, attempt]).generate_state(1)[0] >> 1)
+    raw = int(np.random.SeedSequence([seed, key, attempt]).generate_state(1)[0] >> 1)
+    scene_split = split.removeprefix("eval/")
+    if suite in SCENE_SEEDS and scene_split in SCENE_SPLITS[suite]:
+        return SCENE_SEEDS[suite](raw, scene_split)
+    return raw
 
 
 def process_pool(workers: int, initializer=None, initargs: tuple = ()):
@@ -99,3 +106,16 @@ def process_pool(workers: int, initializer=None, initargs: tuple = ()):
         return mp.get_context("spawn").Pool(workers, initializer, initargs)
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+# Suites whose seed picks one of a finite set of scenes: (seed, split) -> a seed whose scene is the split's.
+# A plain dict, light to import: the suites themselves are built lazily.
+SCENE_SEEDS = {"metaworld": meta_world_splits.fit_seed}
+SCENE_SPLITS = {"metaworld": meta_world_splits.SPLIT_VARIANTS}
+
+
+def seeds_in_split(suite: str, seeds, split: str) -> int:
+    """How many of `seeds` pick a scene of `split`, for a suite whose seed picks one of a finite set of
+    scenes (Meta-World's variants); 0 for the others, where every seed draws a fresh scene."""
+    variants = SCENE_SPLITS.get(suite, {}).get(split)
+    return 0 if variants is None else sum(meta_world_splits.variant(s) in variants for s in seeds)

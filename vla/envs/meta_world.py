@@ -14,7 +14,8 @@ few pixels; "corner4" crops the far side of the table; "topview" hides height).
 Meta-World quirks this module absorbs (the rest of the project never sees them):
 - An env needs `set_task` before `reset`, and `reset(seed=...)` is ignored: the initial state varies
   only through the 50 task variants (object/goal positions) a benchmark draws per task. Here the seed
-  picks the variant (`seed % 50`), so the same seed gives the same episode.
+  picks the variant (`seed % 50`), so the same seed gives the same episode. The variants are split
+  (`vla.envs.meta_world_splits`): collection draws 0-39 (`train`), evaluation 40-49 (`unseen`).
 - Its reset places the goal site after the last forward pass, so without one more the first frame
   shows the goal where the previous episode's end put it; `reset` recomputes the positions, so a
   reused env's first frame equals a fresh env's (and `vla collect` gives one store whatever `--workers`).
@@ -49,6 +50,8 @@ from metaworld.policies import ENV_POLICY_MAP
 
 from vla import keys
 from vla.envs.meta_world_instructions import INSTRUCTIONS
+from vla.envs.meta_world_splits import N_VARIANTS, SPLIT_VARIANTS
+from vla.envs.meta_world_splits import describe as describe_variants
 from vla.envs.render import make_renderer
 from vla.envs.suite import check_image_size
 from vla.errors import UserError, choice_error
@@ -62,7 +65,6 @@ DEFAULT_CAMERAS = ("corner",)
 # Mounted upside down in Meta-World's XML (image-up points at the floor): rotate these by 180 degrees.
 _ROTATED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
 DEFAULT_MAX_EPISODE_STEPS = 500  # Meta-World's own horizon (max_path_length)
-N_VARIANTS = 50  # object/goal placements Meta-World draws per task (metaworld._N_GOALS)
 _VARIANT_SEED = 0  # the benchmark seed that draws the variants: fixed, so variants are stable
 EXPERT_NOISE = 0.1  # std of the expert's Gaussian noise, in Meta-World's normalised action units
 # Reward terms Meta-World reports in `info`, passed through as floats.
@@ -289,8 +291,13 @@ class MetaWorldSuite:
     name = "metaworld"
     cameras = CAMERAS
     default_cameras = DEFAULT_CAMERAS
-    splits = ("train",)
+    splits = tuple(SPLIT_VARIANTS)  # train: variants 0-39 (collection), unseen: 40-49 (evaluation)
+    eval_split = "unseen"
     groups = {"mt10": MT10, "mt50": MT50}
+
+    def describe_split(self, split: str) -> str:
+        """What a split's scenes are, for evaluation reports."""
+        return describe_variants(split)
 
     def tasks(self) -> list[str]:
         return list(MT50)

@@ -5,7 +5,10 @@ A suite is a plain object with:
     name: str                          "metaworld", "tabletop"
     cameras: tuple[str, ...]           every camera it can render
     default_cameras: tuple[str, ...]
-    splits: tuple[str, ...]            e.g. ("train",) or ("train", "unseen")
+    splits: tuple[str, ...]            e.g. ("train", "unseen"); `vla collect` draws `train` by default
+    eval_split: str                    the split `vla eval` draws by default: one whose scenes collection
+                                       with `train` never drew
+    describe_split(split) -> str       what a split's scenes are, for evaluation reports
     groups: dict[str, list[str]]       named task lists, e.g. {"mt10": [...], "mt50": [...]}
     tasks() -> list[str]               every task name
     make_env(task, *, image_size=64, cameras=None, split="train", max_episode_steps=None) -> gym.Env
@@ -45,9 +48,12 @@ class Suite(Protocol):
     cameras: tuple[str, ...]
     default_cameras: tuple[str, ...]
     splits: tuple[str, ...]
+    eval_split: str
     groups: dict[str, list[str]]
 
     def tasks(self) -> list[str]: ...
+
+    def describe_split(self, split: str) -> str: ...
 
     def make_env(
         self,

@@ -73,7 +73,7 @@ class GR1(nn.Module):
         if action_dim and cfg.action_head == "flow":
             self.action_head = FlowHead(d, chunk, action_dim, cfg.flow_steps)
         elif action_dim:
-            self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper, cfg.gripper_weight)
+            self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper == "binary", cfg.gripper_weight)
         self.foresight = nn.ModuleDict({c: self._decoder(cfg, image_size) for c in self.cameras})
         self.text = TextHead(d, vocab, cfg.max_text_len) if vocab is not None else None
         self.apply(_init_weights)

@@ -17,7 +17,8 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 class ActionHead(nn.Module):
-    """[ACT] -> a chunk of actions: arm deltas regressed with smooth-L1, the gripper classified with BCE."""
+    """[ACT] -> a chunk of actions: arm deltas regressed with smooth-L1 and, with `gripper` (a binary one),
+    the last dimension classified with BCE; without, every dimension regressed (a continuous gripper too)."""
 
     def __init__(self, dim: int, chunk: int, action_dim: int, gripper: bool, gripper_weight: float = 0.1):
         super().__init__()

@@ -11,8 +11,11 @@ as its `policy` section, beside `data` and `train`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
+
+from vla import keys
 from vla.errors import UserError, choice_error
 from vla.options import check_fields, option
 
@@ -59,6 +62,7 @@ PRESETS: dict[str, dict] = {
 }
 ACTION_HEADS = ("mlp", "flow")
 FORESIGHT_DECODERS = ("residual", "mae")
+GRIPPER_CHOICES = ("auto", *keys.GRIPPER_KINDS)
 
 
 @dataclass
@@ -82,7 +86,10 @@ class PolicyConfig:
     action_head: str = option("mlp", choices=ACTION_HEADS, help="mlp (smooth-L1 arm + BCE gripper) | flow "
                               "(flow matching on a diffusers scheduler)")  # fmt: skip
     flow_steps: int = option(10, min=1, help="integration steps of the flow head at inference")
-    gripper: bool = option(True, help="the last action dimension is a gripper command (BCE loss, binary output)")
+    gripper: str = option("auto", choices=GRIPPER_CHOICES, help="the last action dimension: binary (an open/close "
+                          "command: BCE, executed as the data's open or closed value) | continuous (a position: "
+                          "regressed with the arm) | none | auto (declared by the data's action spec, else "
+                          "inferred from its values; training logs which)")  # fmt: skip
     language_model: str = option("minilm", help="minilm (the wheel's all-MiniLM-L6-v2) or a local transformers dir")
     max_text_len: int = option(24, min=2, help="caption tokens the text head reads and writes, [CLS] included")
     # --- what it reads and writes: {key: keys.Spec.to_json()}, filled from the training stores ---
@@ -115,6 +122,57 @@ class PolicyConfig:
             raise UserError(f"policy.d_model {self.d_model} is not divisible by policy.n_head {self.n_head}")
         if self.n_action_steps > self.chunk:  # a chunk holds no more actions than that to execute
             raise UserError(f"policy.n_action_steps must be <= policy.chunk ({self.chunk}), got {self.n_action_steps}")
+
+
+def gripper_kind(config: PolicyConfig, stats: dict | None) -> tuple[str, str]:
+    """(kind, why) of the policy's gripper (`keys.GRIPPER_KINDS`): `config.gripper` unless `auto`; then the
+    kind the action's feature spec declares; else inferred from the action's statistics (its last
+    dimension's min, max, mean and std; see `infer_gripper`)."""
+    if config.gripper != "auto":
+        return config.gripper, "set in the policy config"
+    action = config.features.get(keys.ACTION)
+    if action is None:
+        return "none", "the data has no actions"
+    if action.get("gripper"):
+        return action["gripper"], "declared by the data's action spec"
+    if stats is None or keys.ACTION not in stats:
+        raise UserError(
+            "policy.gripper is auto, but the action spec declares no gripper kind and there are no "
+            f"statistics to infer it from: set policy.gripper to one of {', '.join(keys.GRIPPER_KINDS)}"
+        )
+    return infer_gripper(*(float(np.asarray(stats[keys.ACTION][s])[-1]) for s in ("min", "max", "mean", "std")))
+
+
+def infer_gripper(low: float, high: float, mean: float, std: float) -> tuple[str, str]:
+    """(kind, why) of a last action dimension from its statistics, for data that does not declare it.
+
+    binary: its values take two levels only (their variance is the most two levels allow,
+    (mean - low) * (high - low - (mean - low))), or it is a command saturated at both ends of [-1, 1] (the
+    convention of Meta-World's and tabletop's effort, whose experts add noise). Anything else (a
+    position, a constant) is regressed as continuous.
+    """
+    described = f"values in [{low:g}, {high:g}]"
+    if high <= low:
+        return "continuous", f"inferred: a constant {low:g}"
+    if low == -1.0 and high == 1.0:
+        return "binary", f"inferred: {described}, a command saturated at both ends of [-1, 1]"
+    if abs(std**2 - (mean - low) * (high - mean)) <= 1e-4 * (high - low) ** 2:
+        return "binary", f"inferred: two values, {low:g} and {high:g}"
+    return "continuous", f"inferred: {described} beyond two levels"
+
+
+def resolve_gripper(config: PolicyConfig, stats: dict | None) -> tuple[PolicyConfig, str]:
+    """`config` with `gripper` resolved (never `auto`), and why that kind; `config` itself is not changed."""
+    kind, why = gripper_kind(config, stats)
+    return replace(config, gripper=kind), why
+
+
+def migrate_values(values: dict) -> dict:
+    """Policy settings whose values changed form, in today's form: `gripper: true/false` (before grippers had
+    kinds, true meant a binary one) -> binary / none."""
+    if isinstance(values.get("gripper"), bool):
+        return {**values, "gripper": "binary" if values["gripper"] else "none"}
+    return values
 
 
 def with_preset(values: dict) -> dict:

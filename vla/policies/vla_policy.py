@@ -32,7 +32,7 @@ from vla.model.encoders import SentenceEncoder
 from vla.model.gr1 import GR1, StreamCache
 from vla.model.text import CAPTION_PROMPT
 from vla.policies.base import Prediction
-from vla.policies.config import PolicyConfig
+from vla.policies.config import PolicyConfig, resolve_gripper
 from vla.policies.normalizer import Normalizer
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ class VLAPolicy(nn.Module):
         super().__init__()
         if not config.features:
             raise UserError("the policy config has no features: a policy needs the keys of the store it learns from")
+        if config.gripper == "auto":  # a copy with the kind the data declares or its statistics show
+            config, why = resolve_gripper(config, stats)
+            log.info("policy.gripper: %s (%s)", config.gripper, why)
         self.config = cfg = config
         self.features = {k: keys.Spec.from_json(v) for k, v in cfg.features.items()}
         self.image_keys = [k for k in self.features if keys.is_image_key(k)]
@@ -164,7 +167,13 @@ class VLAPolicy(nn.Module):
         raw = batch[keys.ACTION]
         target = self.normalizer.normalize(keys.ACTION, raw)
         keep = ~batch[keys.pad_key(keys.ACTION)] & step_keep[..., None]
-        return self.model.action_head.loss(act, target, keep, gripper_closed=raw[..., -1] > 0)
+        return self.model.action_head.loss(act, target, keep, gripper_closed=raw[..., -1] > self._gripper_threshold())
+
+    def _gripper_threshold(self) -> torch.Tensor:
+        """Where a binary gripper's command turns from open to closed: 0 for a signed command (-1 open,
+        +1 close), else halfway between the data's two levels (0/1, 0/100...)."""
+        low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
+        return torch.where((low < 0) & (high > 0), torch.zeros_like(low), (low + high) / 2)
 
     def _foresight_losses(self, key: str, obs_readouts: dict, batch: dict, step_keep: torch.Tensor) -> dict:
         """{offset: loss} of camera `key`'s decoder, each horizon on its own."""
@@ -276,7 +285,7 @@ class VLAPolicy(nn.Module):
     def _actions(self, act: torch.Tensor) -> torch.Tensor:
         chunk = self.model.action_head.sample(act)[0]
         actions = self.normalizer.unnormalize(keys.ACTION, chunk)
-        if self.model.action_head.gripper:
+        if self.model.action_head.gripper:  # binary (a continuous gripper is regressed like the arm)
             # The head gives the probability of closing: answer with the store's closed or open command.
             closed = chunk[:, -1] > 0.5
             low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]

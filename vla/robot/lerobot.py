@@ -78,7 +78,11 @@ class LeRobotAdapter:
     def action_features(self) -> dict[str, keys.Spec]:
         names = ", ".join(self.action_names)
         units = "the robot's own units (LeRobot)"
-        spec = keys.Spec("float32", (len(self.action_names),), units, f"LeRobot goal positions, in order: {names}")
+        # LeRobot arms command their gripper as a position (the SO-100's 0-100), regressed like the joints.
+        last = self.action_names[-1] if self.action_names else ""
+        gripper = "continuous" if last.split(".")[0] == "gripper" else "none"
+        spec = keys.Spec("float32", (len(self.action_names),), units, f"LeRobot goal positions, in order: {names}",
+                         gripper)  # fmt: skip
         return {keys.ACTION: spec}
 
     @property

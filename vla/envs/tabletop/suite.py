@@ -27,7 +27,17 @@ class TabletopSuite:
     cameras = CAMERAS
     default_cameras = DEFAULT_CAMERAS
     splits = splits.SPLITS
+    # Every seed draws a fresh layout (positions are continuous), and eval seeds never equal collected
+    # ones, so evaluating on `train` replays no collected scene; `unseen` also holds out colours, the
+    # front-right region and phrasings (`vla.envs.tabletop.splits`).
+    eval_split = "train"
     groups = GROUPS
+
+    def describe_split(self, split: str) -> str:
+        """What a split's scenes are, for evaluation reports."""
+        if split == "unseen":
+            return "unseen split: held-out colours, region and phrasings, never collected with --split train"
+        return "train split: a fresh layout per seed (no seed equals a collected one)"
 
     def tasks(self) -> list[str]:
         """The single tasks; `make_env("chain")` and `make_chain_env` build the chained variant."""
