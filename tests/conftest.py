@@ -9,6 +9,18 @@ import pytest  # noqa: E402
 from vla import keys  # noqa: E402
 from vla.datasets.store import TrajectoryStore  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Commands run in-process set torch's thread count for their own process (`vla control --threads`,
+    eval workers); restored after each test, so a later test's numbers do not depend on which ran first."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 CAMERA = keys.image_key("front")
 SPECS = {
     CAMERA: keys.image_spec("front", 8),

@@ -95,12 +95,12 @@ def positions_store(path, declare: bool) -> None:
 def test_a_continuous_gripper_is_regressed_not_forced_to_its_ends(tmp_path):
     positions_store(tmp_path / "so100.zarr", declare=True)
     store = TrajectoryStore.open(tmp_path / "so100.zarr")
-    config = PolicyConfig(**with_preset(dict(preset="tiny", history=2, chunk=4, features={
+    config = PolicyConfig(**with_preset(dict(preset="tiny", history=2, chunk=4, n_action_steps=4, features={
         k: s.to_json() for k, s in store.specs.items()})))  # fmt: skip
     torch.manual_seed(0)
     policy = VLAPolicy(config, get_stats(store))
     assert policy.config.gripper == "continuous" and not policy.model.action_head.gripper
-    ds = WindowDataset(store, WindowSpec(2, 4, 3))
+    ds = WindowDataset(store, WindowSpec(2, 4, [3]))
     batch = collate([ds[i] for i in range(0, len(ds), 6)])
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     for _ in range(150):

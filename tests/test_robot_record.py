@@ -43,7 +43,7 @@ def test_a_recorded_run_reads_back_with_the_actions_sent(tmp_path):
     with pytest.raises(StoreError, match="another schema than this robot.s: action: shape"):
         Recorder(path, mock_features(("front",), 8, state_dim=6, action_dim=6), fps=50)
     # A run at another rate would put steps 1/10 s apart in a store whose steps are 1/50 s apart.
-    with pytest.raises(StoreError, match="holds 50 fps episodes and this run records at 10 Hz; run at --hz 50"):
+    with pytest.raises(StoreError, match="holds steps at 50 fps; this run ticks at 10 Hz: pass --hz 50"):
         Recorder(path, features, fps=10)
     assert TrajectoryStore.open(path).num_episodes == 2
 

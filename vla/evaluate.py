@@ -290,7 +290,7 @@ def prepare(cfg: EvalConfig) -> Plan:
     policy = load_checkpoint(path) if kind == "checkpoint" else None
     features = policy.features if policy is not None else None
     suite = envs.get_suite(cfg.suite or default_suite(path, features))
-    split = envs.resolve_split(suite, cfg.split)
+    split = envs.resolve_split(suite, suite.eval_split if cfg.split is None else cfg.split)
     tasks = _tasks(cfg, suite)
     size, cameras = _env_shape(cfg, suite, features)
     setup = Setup(suite.name, split, kind, path, size, cameras, cfg.max_steps, cfg.chain, cfg.charge_latency,

@@ -333,8 +333,6 @@ def train(
     order.batches_per_epoch(cfg.train.batch_size * world)
     cfg.policy.features = features
     cfg.policy, why = resolve_gripper(cfg.policy, stats)  # saved resolved: a resume and a loaded policy agree
-    if keys.ACTION in features:
-        log.info("policy.gripper: %s (%s)", cfg.policy.gripper, "the run's, as it started" if resume else why)
     policy = VLAPolicy(cfg.policy, stats).to(device).train()
     result = TrainResult(out, cfg.train.steps)
     if init:
@@ -345,11 +343,12 @@ def train(
     if resume:
         if step > cfg.train.steps:
             raise UserError(f"{out} is at step {step}, past train.steps {cfg.train.steps}: set train.steps above it")
-        log.info("resuming from step %d (epoch %d, batch %d) in %s", step, epoch, start, out)
     model = _data_parallel(policy, device) if world > 1 else policy
     bf16 = use_bf16(cfg, device)
     if rank == 0:
         log.info(run_summary(cfg, train_set, val_set, policy, device, bf16, world, step))
+        if keys.ACTION in features:  # logged with the summary, once the run is known to start
+            log.info("policy.gripper: %s (%s)", cfg.policy.gripper, "the run's, as it started" if resume else why)
     with _no_half_made_run(out, rank == 0):
         out.mkdir(parents=True, exist_ok=True)
         if result.init_report and rank == 0:
@@ -434,7 +433,7 @@ def run_summary(cfg: Config, train_set, val_sets, policy, device, bf16: bool, wo
     batch = f"batch {cfg.train.batch_size}" + (f" x {cfg.train.grad_accum} accumulated" if cfg.train.grad_accum > 1
                                                else "") + (f" x {world} processes" if world > 1 else "")  # fmt: skip
     params = sum(p.numel() for p in policy.parameters())
-    resumed = f", resuming at step {step}" if step else ""
+    resumed = f", resuming from step {step}" if step else ""
     return (f"train: {len(stores)} store{'s' if len(stores) > 1 else ''} ({episodes:,} episodes, {steps:,} steps, "
             f"{len(train_set):,} training windows); {cfg.train.steps:,} steps of {batch}{resumed}; "
             f"{cfg.policy.preset} policy, {params / 1e6:.1f} M parameters; {device} "
