@@ -277,6 +277,26 @@ def test_chain_reports_calvin_metrics(tmp_path):
     assert "Average chain length 5.00 of 5" in (out / "report.md").read_text()
 
 
+def test_a_baseline_without_videos_renders_nothing_and_plays_the_same_episodes(tmp_path):
+    """The expert and zero policies read no image: with no video to record their envs render nothing
+    (most of a CPU step's time), and every episode is the one the rendering env plays."""
+    from vla.evaluate import Setup, Worker, _unseeing
+
+    episodes = {}
+    for videos in ("1", "0"):
+        out = tmp_path / f"videos{videos}"
+        assert run_eval(out, "--policy", "expert", "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "60",
+                        "--videos", videos) == 0  # fmt: skip
+        episodes[videos] = [{k: e[k] for k in ("seed", "success", "steps", "steps_to_success")}
+                            for e in json.loads((out / "report.json").read_text())["episodes"]]  # fmt: skip
+    assert episodes["0"] == episodes["1"]
+    setup = Setup("metaworld", "unseen", "zero", None, 32, ("corner",), 10, False, False, 0, video_dir="")
+    worker = Worker(_unseeing(setup))
+    worker._switch("reach-v3")
+    assert worker.env.unwrapped.cameras == () and worker.env.unwrapped._renderer is None
+    worker.close()
+
+
 def test_baseline_runs_on_the_same_seeds_and_is_printed_beside(tmp_path, capsys):
     out = tmp_path / "with-baseline"
     assert run_eval(out, "--policy", "expert", "--tasks", "drawer-close-v3", "--episodes", "2", "--videos", "0",
