@@ -171,3 +171,24 @@ def test_a_collect_killed_while_creating_its_store_resumes(tmp_path, capsys):
     assert main(command) == 0
     assert TrajectoryStore.open(out).num_episodes == 1 and main(["data", "check", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.zarr"]
+
+
+def test_a_ctrl_c_while_the_pool_starts_is_not_lost(monkeypatch):
+    """The parent ignores SIGINT while it spawns the workers (so they inherit the ignored signal); a Ctrl-C
+    in that window used to be dropped and the collect ran on. It now arrives once the pool has started."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from vla import envs
+
+    def pool_that_sees_a_ctrl_c(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C would, mid-start
+        return "pool"
+
+    monkeypatch.setattr(envs, "mp", SimpleNamespace(get_context=lambda kind: SimpleNamespace(
+        Pool=pool_that_sees_a_ctrl_c)))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        envs.process_pool(2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
