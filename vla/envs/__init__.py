@@ -98,18 +98,14 @@ def process_pool(workers: int, initializer=None, initargs: tuple = ()):
     """A pool of `workers` spawned processes (simulators, policies) that ignore SIGINT: Ctrl-C reaches the
     parent alone, which stops them (`pool.terminate()`) and prints one line, so no worker prints a
     KeyboardInterrupt traceback. They inherit the ignored signal from the moment they start (an ignored
-    signal stays ignored across exec, and Python keeps it so). While the pool starts, SIGINT is also
-    blocked in the parent: on Linux a blocked signal stays pending even when ignored, so a Ctrl-C in that
-    window is delivered once the parent's handler is back, not lost."""
+    signal stays ignored across exec, and Python keeps it so)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
         return mp.get_context("spawn").Pool(workers, initializer, initargs)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return mp.get_context("spawn").Pool(workers, initializer, initargs)
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C arrives here
 
 
 # Suites whose seed picks one of a finite set of scenes: (seed, split) -> a seed whose scene is the split's.
