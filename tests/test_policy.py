@@ -212,3 +212,20 @@ def test_attention_maps_account_for_all_attention(metaworld_store, tmp_path):
         assert total == pytest.approx(1.0, abs=1e-4)  # readouts read only the instruction and observations
         assert m["patches"]["corner"].shape == (3, 4, 4)  # 32x32 frames, 8-pixel patches
         np.testing.assert_allclose(m["patches"]["corner"].sum((1, 2)), m["images"]["corner"], rtol=1e-4)
+
+
+def test_ema_moves_each_float_by_one_minus_decay_and_copies_the_rest():
+    from vla.train import EMA
+
+    module = torch.nn.BatchNorm1d(3)  # float weights and an integer buffer (num_batches_tracked)
+    ema = EMA(module, decay=0.9)
+    before = {k: v.clone() for k, v in ema.state.items()}
+    with torch.no_grad():
+        module.weight.fill_(2.0)
+        module.num_batches_tracked.fill_(7)
+    ema.update(module, step=1000)  # past the warm-up: the decay is 0.9
+    torch.testing.assert_close(ema.state["weight"], 0.9 * before["weight"] + 0.1 * 2.0)
+    torch.testing.assert_close(ema.state["bias"], before["bias"])  # unchanged weights stay where they were
+    assert ema.state["num_batches_tracked"].item() == 7
+    ema.update(module, step=0)  # warm-up: decay (1 + 0) / (10 + 0) = 0.1
+    torch.testing.assert_close(ema.state["weight"], 0.1 * (0.9 * before["weight"] + 0.2) + 0.9 * 2.0)

@@ -38,3 +38,22 @@ def test_eval_with_two_workers_exits_cleanly(tmp_path):
                 "--videos", "0", "--image-size", "16", "-q", "--out", str(tmp_path / "eval")], tmp_path)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert _clean(run.stderr), run.stderr
+
+
+def test_renderers_are_made_without_shadows_reflections_or_multisampling():
+    """What a software renderer would spend most of a frame on is off (see `bench/render.py`)."""
+    import mujoco
+
+    from vla import envs
+
+    for suite in ("metaworld", "tabletop"):
+        s = envs.get_suite(suite)
+        env = s.make_env(s.tasks()[0], image_size=16)
+        try:
+            env.reset(seed=0)  # a renderer may be made with the first frame
+            renderer = env.unwrapped._renderer
+            assert renderer.model.vis.quality.offsamples == 0, suite
+            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+                assert renderer.scene.flags[flag] == 0, (suite, flag)
+        finally:
+            env.close()

@@ -183,10 +183,12 @@ class VLAPolicy(nn.Module):
         current = batch[key] if self.config.every_step_loss else batch[key][:, -1]  # (B, [T,] H, W, 3)
         future, future_pad = batch[keys.future_key(key)], batch[keys.pad_key(keys.future_key(key))]  # (B,[T,] K,..)
         readouts, current = readouts.flatten(0, -3), current.flatten(0, -4)  # (N, q, d), (N, H, W, 3)
+        n, k = readouts.shape[0], len(offsets)
+        # All horizons in one decoder pass (K x N rows, horizon-major): fewer, larger kernels than K passes.
+        horizon = torch.arange(k, device=readouts.device).repeat_interleave(n)
+        preds = decoder(readouts.repeat(k, 1, 1), current.repeat(k, 1, 1, 1), horizon).split(n)
         losses = {}
-        for i, offset in enumerate(offsets):
-            horizon = torch.full(readouts.shape[:1], i, device=readouts.device)
-            pred = decoder(readouts, current, horizon)
+        for i, (offset, pred) in enumerate(zip(offsets, preds)):
             keep = (~future_pad[..., i] & step_keep).flatten()
             losses[offset] = decoder.loss(pred, current, future[..., i, :, :, :].flatten(0, -4), keep)
         return losses
