@@ -84,6 +84,30 @@ def test_streaming_equals_full_window_recomputation(cameras, history):
                 assert (model(lang, padded, pad, readouts="last")[:, 0] - streamed).abs().max() < 1e-5
 
 
+def test_streaming_writes_into_buffers_allocated_once_and_observing_equals_reading_out():
+    """Steps that only observe and steps that read out share one ring buffer per layer: no per-step
+    concatenation, and the readouts still equal the whole window's."""
+    history, T = 3, 10
+    model = make_model(history)
+    images, state, lang = inputs(T=T)
+    with torch.no_grad():
+        obs = model.observation_tokens(images, state)
+        cache = model.start_stream(lang)
+        for t in range(T):
+            if t % 3 == 1:
+                model.stream_observe(cache, obs[:, t])
+                continue
+            streamed = model.stream_step(cache, obs[:, t])
+            full = model(lang, obs[:, max(0, t - history + 1) : t + 1], readouts="last")[:, 0]
+            assert (streamed - full).abs().max() < 1e-5, t
+            if t == 0:
+                buffers = [(k.data_ptr(), k.shape) for k, _ in cache.kv]
+        assert [(k.data_ptr(), k.shape) for k, _ in cache.kv] == buffers
+    n_prefix, n_obs = 1, obs.shape[2]
+    assert cache.kv[0][0].shape[2] == n_prefix + history * n_obs
+    assert len(cache.rules) <= 2 * history  # built once per pattern of slot ages, observe and read out
+
+
 def test_loading_the_sentence_encoder_prints_nothing(capfd):
     """transformers' "Loading weights" bar was printed by every model command (once per eval worker)."""
     from transformers.utils import logging as hf_logging

@@ -38,12 +38,19 @@ class Attention(nn.Module):
         self.keep_probs = False  # True: also compute and keep the attention probabilities (for inspection)
         self.probs: torch.Tensor | None = None  # (B, n_head, L, L_keys) of the last call, when kept
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        """x: (B, L, D); bias: additive (B or 1, n_head, L, L_past + L) with -inf where not allowed.
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, past: KV | None = None,
+                write: slice | None = None) -> tuple[torch.Tensor, KV]:  # fmt: skip
+        """x: (B, L, D); bias: additive (B or 1, n_head, L, L_keys) with -inf where not allowed.
+        past: None (the keys are x's own, L_keys = L), or preallocated key/value buffers (B, n_head, L_keys,
+        head_dim) that the first `write.stop - write.start` tokens of x write their keys/values into, at
+        `write`, before x attends over the whole buffer (streaming: no per-step concatenation).
         Returns the output and this call's own keys/values (for the caller to cache)."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_head)
-        k_all = k if past is None else torch.cat([past[0], k], dim=2)
-        v_all = v if past is None else torch.cat([past[1], v], dim=2)
+        k_all, v_all = k, v
+        if past is not None:
+            n = write.stop - write.start
+            past[0][:, :, write], past[1][:, :, write] = k[:, :, :n], v[:, :, :n]
+            k_all, v_all = past
         if bias is not None:
             bias = bias.to(q.dtype)
         drop = self.dropout if self.training else 0.0
@@ -66,8 +73,9 @@ class Block(nn.Module):
         self.attn = Attention(dim, n_head, dropout)
         self.mlp = MLP(dim, 4 * dim, dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, past: KV | None = None):
-        y, kv = self.attn(self.ln1(x), bias, past)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, past: KV | None = None,
+                write: slice | None = None):  # fmt: skip
+        y, kv = self.attn(self.ln1(x), bias, past, write)
         x = x + y
         return x + self.mlp(self.ln2(x)), kv
 
@@ -92,6 +100,18 @@ class Trunk(nn.Module):
         k_pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Additive attention bias (B or 1, n_head, Lq, Lk) from token kinds, timesteps and key padding (B, Lk)."""
+        return self.bias_of(*self.rules(q_kind, q_step, k_kind, k_step, k_pad))
+
+    def rules(
+        self,
+        q_kind: torch.Tensor,
+        q_step: torch.Tensor,
+        k_kind: torch.Tensor,
+        k_step: torch.Tensor,
+        k_pad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `bias` is made of, and what does not change with the weights: (allowed (B or 1, Lq, Lk) bool,
+        the time-bias column of each query/key pair (Lq, Lk)). Streaming builds it once per shape."""
         # Text is causal within itself: positions in the sequence (queries and keys are the same tokens
         # whenever text is present; streaming never carries text).
         pos = torch.arange(len(q_kind), device=q_kind.device) if len(q_kind) == len(k_kind) else None
@@ -100,16 +120,19 @@ class Trunk(nn.Module):
         if k_pad is not None:
             allowed = allowed & ~k_pad[:, None, :]
         dt = (q_step[:, None] - k_step[None, :]).clamp(0, self.max_history - 1)
-        rel = torch.where(k_kind[None, :] == Kind.PREFIX, self.max_history, dt)
-        bias = self.time_bias[:, rel]  # (n_head, Lq, Lk)
-        return bias[None].masked_fill(~allowed[:, None], float("-inf"))
+        return allowed, torch.where(k_kind[None, :] == Kind.PREFIX, self.max_history, dt)
+
+    def bias_of(self, allowed: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """The additive bias of `rules`' output with the current time-bias weights."""
+        return self.time_bias[:, rel][None].masked_fill(~allowed[:, None], float("-inf"))
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, past: list[KV] | None = None
+        self, x: torch.Tensor, bias: torch.Tensor, past: list[KV] | None = None, write: slice | None = None
     ) -> tuple[torch.Tensor, list[KV]]:
-        """x: (B, L, D) -> (B, L, D) and each layer's keys/values of x."""
+        """x: (B, L, D) -> (B, L, D) and each layer's keys/values of x; past, write: each layer's key/value
+        buffers and where x's first tokens write into them (see `Attention.forward`)."""
         kvs = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, bias, None if past is None else past[i])
+            x, kv = block(x, bias, None if past is None else past[i], write)
             kvs.append(kv)
         return self.ln_f(x), kvs

@@ -14,7 +14,6 @@ and no action head; finetuning adds them fresh (`vla train --init-from`).
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -31,11 +30,27 @@ from vla.policies.config import PolicyConfig
 
 @dataclass
 class StreamCache:
-    """Keys/values of the prefix and of the last `history` timesteps' observation tokens, per layer."""
+    """Keys/values of the prefix and of the last `history` timesteps' observation tokens, per layer, in
+    buffers allocated once per episode: (B, n_head, n_prefix + history x n_obs, head_dim), the prefix
+    first, then one slot of n_obs tokens per timestep, used as a ring (timestep t in slot t % history).
+    A step writes its tokens into its slot and attends over the whole buffer; the attention rules,
+    built once per pattern of slot ages, mask what it may not read."""
 
     prefix: list[KV]
-    steps: deque = field(default_factory=deque)  # (timestep, list[KV]) oldest first
+    kv: list[KV] | None = None  # the buffers, allocated by the first observation
+    slot_step: list[int] = field(default_factory=list)  # the timestep each slot holds; -1: empty
     next_step: int = 0
+    rules: dict = field(default_factory=dict)  # (readout, slot ages) -> `Trunk.rules` output
+
+    def allocate(self, n_obs: int, history: int) -> None:
+        n_prefix = self.prefix[0][0].shape[2]
+        self.kv = []
+        for k, v in self.prefix:
+            size = (k.shape[0], k.shape[1], n_prefix + history * n_obs, k.shape[3])
+            keys, values = k.new_zeros(size), v.new_zeros(size)
+            keys[:, :, :n_prefix], values[:, :, :n_prefix] = k, v
+            self.kv.append((keys, values))
+        self.slot_step = [-1] * history
 
 
 class GR1(nn.Module):
@@ -147,7 +162,7 @@ class GR1(nn.Module):
 
     # --- streaming -----------------------------------------------------------------------------------
     def start_stream(self, lang: torch.Tensor) -> StreamCache:
-        """Run the prefix once; its keys/values serve every later timestep."""
+        """Run the prefix once; its keys/values serve every later timestep (see `StreamCache`)."""
         x = self.prefix_tokens(lang)
         kind = torch.full((x.shape[1],), int(Kind.PREFIX), device=x.device)
         step = torch.full_like(kind, -1)
@@ -167,31 +182,32 @@ class GR1(nn.Module):
         return self._stream_pass(cache, obs, readout=True)
 
     def _stream_pass(self, cache: StreamCache, obs: torch.Tensor, readout: bool) -> torch.Tensor | None:
-        t, dev, n_obs = cache.next_step, obs.device, obs.shape[1]
+        t, n_obs = cache.next_step, obs.shape[1]
+        if cache.kv is None:
+            cache.allocate(n_obs, self.history)
+        slot = t % self.history
+        cache.slot_step[slot] = t  # the timestep `history` steps back leaves the window, and its slot
         n_prefix = cache.prefix[0][0].shape[2]
-        # Keys the queries may find: the prefix, then (only needed by readouts) the cached timesteps that
-        # share the window with this one.
-        cached = list(cache.steps)[max(0, len(cache.steps) - self.history + 1) :] if readout else []
-        past = [
-            tuple(torch.cat([cache.prefix[i][j]] + [kv[i][j] for _, kv in cached], dim=2) for j in (0, 1))
-            for i in range(len(cache.prefix))
-        ]
-        cached_steps = torch.tensor([s for s, _ in cached], device=dev, dtype=torch.long).repeat_interleave(n_obs)
-        q_kind = torch.full((n_obs,), int(Kind.OBS), device=dev)
-        x = obs
-        if readout:
-            q_kind = torch.cat([q_kind, torch.full((self.layout.n_readout,), int(Kind.READOUT), device=dev)])
-            x = torch.cat([obs, self.readout_slots.expand(obs.shape[0], -1, -1)], dim=1)
-        q_step = torch.full_like(q_kind, t)
-        k_kind = torch.cat([torch.full((n_prefix,), int(Kind.PREFIX), device=dev),
-                            torch.full_like(cached_steps, int(Kind.OBS)), q_kind])  # fmt: skip
-        k_step = torch.cat([torch.full((n_prefix,), -1, device=dev), cached_steps, q_step])
-        h, kvs = self.trunk(x, self.trunk.bias(q_kind, q_step, k_kind, k_step), past)
-        cache.steps.append((t, [(k[:, :, :n_obs], v[:, :, :n_obs]) for k, v in kvs]))
-        while len(cache.steps) > self.history:
-            cache.steps.popleft()
+        write = slice(n_prefix + slot * n_obs, n_prefix + (slot + 1) * n_obs)
+        # Slot ages relative to this step (0: this one); an empty slot counts as a future step, which the
+        # rules never let anything read.
+        ages = tuple(s - t if s >= 0 else 1 for s in cache.slot_step)
+        if (readout, ages) not in cache.rules:
+            cache.rules[(readout, ages)] = self._stream_rules(n_prefix, n_obs, ages, readout, obs.device)
+        bias = self.trunk.bias_of(*cache.rules[(readout, ages)])
+        x = torch.cat([obs, self.readout_slots.expand(obs.shape[0], -1, -1)], dim=1) if readout else obs
+        h, _ = self.trunk(x, bias, cache.kv, write)
         cache.next_step += 1
         return h[:, n_obs:] if readout else None
+
+    def _stream_rules(self, n_prefix: int, n_obs: int, ages: tuple, readout: bool, dev) -> tuple:
+        """`Trunk.rules` for a streaming pass: queries at timestep 0 (its observation tokens, then the readouts
+        if `readout`), keys the buffer (the prefix, then each slot's tokens at its age)."""
+        q_kind = [int(Kind.OBS)] * n_obs + ([int(Kind.READOUT)] * self.layout.n_readout if readout else [])
+        k_kind = [int(Kind.PREFIX)] * n_prefix + [int(Kind.OBS)] * (len(ages) * n_obs)
+        k_step = [-1] * n_prefix + [age for age in ages for _ in range(n_obs)]
+        q_kind, k_kind, k_step = (torch.tensor(v, device=dev, dtype=torch.long) for v in (q_kind, k_kind, k_step))
+        return self.trunk.rules(q_kind, torch.zeros_like(q_kind), k_kind, k_step)
 
     # --- heads -------------------------------------------------------------------------------------------
     def split_readouts(self, h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
