@@ -1,6 +1,10 @@
-"""Shared pieces of the benchmarks: a policy of a given preset on Meta-World-shaped features."""
+"""Shared pieces of the benchmarks: a policy of a given preset on Meta-World-shaped features, and what the
+machine was doing while a benchmark ran."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 import numpy as np
 import torch
@@ -52,3 +56,22 @@ def random_batch(batch_size: int, history: int, chunk: int, seed: int = 0, horiz
         keys.pad_key(future): torch.zeros(batch_size, horizons, dtype=torch.bool),
         keys.INSTRUCTION: ["press the button from the top"] * batch_size,
     }
+
+
+def machine() -> dict:
+    """The machine a figure was measured on, and how busy it was: CPU model, cores, torch threads and the
+    1-minute load average (a figure measured beside other work is slower; ratios within one run hold better)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_1min": round(os.getloadavg()[0], 2)}  # fmt: skip
+
+
+def describe(info: dict) -> str:
+    """One line for the table's header: `AMD EPYC, 2 cores, 2 torch threads, load 0.4 -> 1.2`."""
+    load = info["load_1min"] if "load_after" not in info else f"{info['load_1min']} -> {info['load_after']}"
+    return f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, load {load}"

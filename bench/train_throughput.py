@@ -1,21 +1,25 @@
 """Training throughput: samples/s and achieved FLOP/s against the matmul peak measured in the same run.
 
-    python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 20] [--device cpu]
+    python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 20] [--repeats 3]
 
 FLOPs per step are counted by torch's FlopCounterMode over one forward and backward (matmuls,
 convolutions, attention); the peak is the best of large square matmuls timed here, in bf16 where the
-device has it natively (as `vla train` autocasts) and in fp32 elsewhere. Prints a table and, as its
-last line, one JSON object.
+device has it natively (as `vla train` autocasts) and in fp32 elsewhere. Peak and training alternate
+`--repeats` times; the fraction of the peak is the median of the repeats' own ratios (a ratio measured
+in one run holds across machines and loads better than either figure). Prints a table with the machine
+and its load and, as its last line, one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
+import numpy as np
 import torch
-from common import make_policy, random_batch
+from common import describe, machine, make_policy, random_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vla.train import native_bf16
@@ -54,7 +58,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--history", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of the peak and of training")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (also off where bf16 is not native)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the policy")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -62,13 +67,14 @@ def main() -> None:
     args = parser.parse_args()
     # As `vla train` does: bf16 autocast only where the device computes bf16 natively.
     device = args.device
+    info = machine()
     bf16 = not args.fp32 and native_bf16(torch.device(device))
-    peak = matmul_peak(device, 8192 if device.startswith("cuda") else 2048, torch.bfloat16 if bf16 else torch.float32)
+    dtype, size = torch.bfloat16 if bf16 else torch.float32, 8192 if device.startswith("cuda") else 2048
     policy = make_policy(
         args.preset, args.history, args.chunk, device=device, language_model=args.language_model
     ).train()
     model = torch.compile(policy) if args.compile else policy
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=device.startswith(("cpu", "cuda")))  # as vla train
     batch = random_batch(args.batch, args.history, args.chunk)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter:
@@ -76,12 +82,17 @@ def main() -> None:
     flops = counter.get_total_flops()
     for _ in range(3):  # warm-up
         train_step(model, opt, batch, device, bf16)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        train_step(model, opt, batch, device, bf16)
-    sync(device)
-    seconds = (time.perf_counter() - start) / args.steps
+    peaks, step_seconds = [], []
+    for _ in range(args.repeats):
+        peaks.append(matmul_peak(device, size, dtype))
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(model, opt, batch, device, bf16)
+        sync(device)
+        step_seconds.append((time.perf_counter() - start) / args.steps)
+    info["load_after"] = round(os.getloadavg()[0], 2)
+    seconds, peak = float(np.median(step_seconds)), float(np.median(peaks))
     result = {
         "device": device,
         "preset": args.preset,
@@ -95,7 +106,9 @@ def main() -> None:
         "achieved_tflops": round(flops / seconds / 1e12, 3),
         "peak_tflops": round(peak / 1e12, 3),
     }
-    result["fraction_of_peak"] = round(flops / seconds / peak, 3)
+    result["fraction_of_peak"] = round(float(np.median([flops / t / p for t, p in zip(step_seconds, peaks)])), 3)
+    result["repeats"], result["machine"] = args.repeats, info
+    print(f"{'bf16' if bf16 else 'fp32'}, median of {args.repeats} repeats; {describe(info)}")
     print(
         f"{'preset':8s} {'batch':>5s} {'step ms':>8s} {'samples/s':>10s} {'TFLOP/s':>8s} {'peak':>7s} {'of peak':>8s}"
     )
