@@ -36,13 +36,15 @@ def observation(seed: int) -> dict:
 
 def test_a_policy_directory_is_its_config_and_weights(tmp_path):
     policy = tiny_policy(n_action_steps=3, temporal_ensemble=0.25, gripper_weight=0.5)
+    obs = observation(0)
+    expected = policy.predict(obs, "go").actions  # "go" is embedded now, and its embedding is saved
     checkpoint.save_policy(policy, tmp_path / "p")
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["model.safetensors", "policy.yaml"]
+    names = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert names == ["language.safetensors", "model.safetensors", "policy.yaml"]
     loaded = checkpoint.load_policy(tmp_path / "p")
     assert loaded.config == policy.config  # execution settings and loss weights travel with the weights
     assert (loaded.n_action_steps, loaded.temporal_ensemble) == (3, 0.25)
-    obs = observation(0)
-    np.testing.assert_array_equal(policy.predict(obs, "go").actions, loaded.predict(obs, "go").actions)
+    np.testing.assert_array_equal(expected, loaded.predict(obs, "go").actions)
 
 
 def _legacy_tree(policy: VLAPolicy) -> dict:

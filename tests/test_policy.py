@@ -10,6 +10,7 @@ from tests.conftest import fit, tiny_config
 from vla import keys
 from vla.checkpoint import load_policy, save_policy
 from vla.cli import main
+from vla.errors import UserError
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
@@ -67,6 +68,31 @@ def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
             assert prediction.actions.shape == (4, 4)
             assert prediction.foresight[2][keys.image_key("corner")].shape == (32, 32, 3)  # 2 steps ahead
     assert predicted_at == [0, 4]  # chunks of 4, each executed whole (n_action_steps 4)
+
+
+def test_a_loaded_policy_acts_on_known_instructions_without_loading_the_language_model(
+    metaworld_store, tmp_path, monkeypatch
+):
+    """The checkpoint carries the sentence embeddings of the instructions the policy met: acting on one
+    of them in a fresh process needs no transformers model (seconds of start-up per eval worker)."""
+    from vla.policies import vla_policy
+
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    episode = store.episode(0)
+    obs = {k: episode[k][0] for k in episode}
+    expected = policy.predict(obs, "reach").actions
+    save_policy(policy, tmp_path / "ckpt")
+    monkeypatch.setattr(vla_policy, "_sentence_encoders", {})  # as in a new process
+    loaded = load_policy(tmp_path / "ckpt")
+    np.testing.assert_array_equal(loaded.predict(obs, "reach").actions, expected)
+    assert loaded.language._model is None  # "reach" came from the checkpoint
+    loaded.reset()
+    loaded.predict(obs, "an instruction it never met")  # loads the model, as it must
+    assert loaded.language._model is not None
+    (tmp_path / "ckpt" / "language.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="language.safetensors cannot be read"):
+        load_policy(tmp_path / "ckpt")
 
 
 def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path):

