@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 import torch
-from common import FEATURES, make_policy
+from common import FEATURES, describe, machine, make_policy
 
 from vla.robot import ControlLoop, LoopConfig, MockRobot
 from vla.robot.cli import default_threads
@@ -82,10 +82,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     policy = make_policy(args.preset, args.history, chunk=10, foresee=False).eval()
+    load_before = round(os.getloadavg()[0], 2)
     rows = [run(policy, args.robot, float(hz), mode, args.seconds) for hz in args.rates.split(",")
             for mode in ("sync", "async")]  # fmt: skip
+    info = {**machine(), "load_1min": load_before, "load_after": round(os.getloadavg()[0], 2)}  # threads: the loop's
     print(f"{args.preset} preset (random weights), history {args.history}, chunk 10, n_action_steps 5, "
-          f"robot {args.robot}, {os.cpu_count()} cores, {args.seconds:g} s per row")  # fmt: skip
+          f"robot {args.robot}, {args.seconds:g} s per row; {describe(info)}")  # fmt: skip
     print(f"{'Hz':>4s} {'mode':6s} {'achieved':>8s} {'jitter p50':>10s} {'p99':>7s} {'infer p50':>9s} "
           f"{'obs->act p50':>12s} {'p99':>7s} {'overruns':>8s}")  # fmt: skip
     for r in rows:
@@ -93,7 +95,8 @@ def main() -> None:
         print(f"{r['hz']:4.0f} {r['mode']:6s} {r['hz_achieved']:8.2f} {ms['jitter_p50_ms']:>10s} "
               f"{ms['jitter_p99_ms']:>7s} {ms['inference_p50_ms']:>9s} {ms['obs_to_action_p50_ms']:>12s} "
               f"{ms['obs_to_action_p99_ms']:>7s} {r['missed_ticks']:8d}")  # fmt: skip
-    print(json.dumps({"robot": args.robot, "preset": args.preset, "history": args.history, "results": rows}))
+    print(json.dumps({"robot": args.robot, "preset": args.preset, "history": args.history, "machine": info,
+                      "results": rows}))  # fmt: skip
 
 
 if __name__ == "__main__":
