@@ -33,6 +33,21 @@ def caption_log_likelihoods(policy: VLAPolicy, images: torch.Tensor, text: str) 
     return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0].sum(1)
 
 
+@torch.no_grad()
+def caption_scores(policy: VLAPolicy, frames: np.ndarray, captions: list[str]) -> np.ndarray:
+    """log p(caption | scene image) for every caption under every scene: frames (S, H, W, 3) uint8 ->
+    (C, S). The image tokens are encoded once; each caption is scored against all S images in one batch."""
+    images = torch.as_tensor(frames)[:, None]
+    lang, obs = policy._caption_inputs({policy.image_keys[0]: images})
+    tokenizer, out = policy.language.tokenizer, np.zeros((len(captions), len(frames)))
+    for c, text in enumerate(captions):
+        ids = tokenizer([text], return_tensors="pt", truncation=True, max_length=policy.config.max_text_len + 1)
+        ids = ids["input_ids"].expand(len(frames), -1)
+        logits = policy.model.text.logits(policy.model.text_states(lang, obs, ids[:, :-1])).float()
+        out[c] = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0].sum(1).numpy()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--policy", required=True)
