@@ -26,11 +26,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 import yaml
+from caption_grounding import grounding
 
 from vla import keys
 from vla.config import StoreConfig, load_config
 from vla.datasets.store import TrajectoryStore
-from vla.grounding import derangement, retrieval_ranks, topk_accuracy
+from vla.grounding import derangement
 from vla.policies.vla_policy import VLAPolicy
 from vla.train import build_data
 
@@ -64,7 +65,7 @@ def train_variant(policy: VLAPolicy, data, variant: str, steps: int, batch: int,
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     rng = np.random.default_rng(seed)
-    shown = derangement(seeds, rng) if variant == "shuffled" else np.arange(len(captions))
+    shown = derangement(seeds, np.random.default_rng(seed + 1)) if variant == "shuffled" else np.arange(len(seeds))
     start = time.perf_counter()
     for step in range(steps):
         idx = rng.choice(len(captions), batch, replace=False)
@@ -81,23 +82,16 @@ def train_variant(policy: VLAPolicy, data, variant: str, steps: int, batch: int,
 
 
 @torch.no_grad()
-def evaluate(policy: VLAPolicy, data, seed: int = 0) -> dict:
-    """Held-out caption loss (nats/token) with own vs another scene's image; retrieval by caption likelihood."""
-    from bench.caption_grounding import caption_scores
-
-    policy.eval()
+def evaluate(policy: VLAPolicy, data, store: str, seed: int = 0) -> dict:
+    """Held-out caption loss (nats/token) with the own image and with another scene's, and `grounding`'s
+    retrieval and generated-caption truth on the held-out store."""
     frames, captions, seeds = data
-    scenes, first = np.unique(seeds, return_index=True)
-    own = np.searchsorted(scenes, seeds)
-    other = derangement(seeds, np.random.default_rng(seed))
+    policy.eval()
     nll_own = caption_nll(policy, frames, captions)
-    nll_other = caption_nll(policy, frames[other], captions)
-    scores = caption_scores(policy, frames[first], captions)  # (captions, scenes) log p(caption | scene)
-    ranks = retrieval_ranks(scores, own)
+    nll_other = caption_nll(policy, frames[derangement(seeds, np.random.default_rng(seed))], captions)
+    out = {"nll_own": nll_own, "nll_other": nll_other, "gap": nll_other - nll_own, **grounding(policy, store)}
     policy.train()
-    return {"nll_own": nll_own, "nll_other": nll_other, "gap": nll_other - nll_own,
-            "top1": topk_accuracy(ranks, 1), "top5": topk_accuracy(ranks, 5), "scenes": len(scenes),
-            "chance_top1": 1 / len(scenes), "chance_top5": min(1.0, 5 / len(scenes))}  # fmt: skip
+    return out
 
 
 def caption_nll(policy: VLAPolicy, frames: np.ndarray, captions: list[str], batch: int = 64) -> float:
@@ -109,6 +103,28 @@ def caption_nll(policy: VLAPolicy, frames: np.ndarray, captions: list[str], batc
         total += float(policy._text_loss(b)) * n
         count += n
     return total / count
+
+
+def describe_data(train_store: str, held_store: str) -> dict:
+    """What the captions leave to the pixels: distinct templates (scene words masked) and their entropy
+    (bits), the share of words only the scene decides (colours, kinds, numbers), colour words per caption;
+    and how large objects are in the held-out images (visible pixels per kind, median)."""
+    from collections import Counter, defaultdict
+
+    from vla.envs.tabletop.caption_facts import Scene, scene_words, template_of
+
+    captions = load_pairs(train_store)[1]
+    counts = np.array(list(Counter(template_of(c) for c in captions).values())) / len(captions)
+    words = np.array([scene_words(c) for c in captions])
+    pixels = defaultdict(list)
+    for facts in dict.fromkeys(TrajectoryStore.open(held_store).meta(keys.SCENE).tolist()):
+        for thing in Scene.from_json(facts).things if facts else []:
+            pixels[thing.kind].append(thing.pixels)
+    bits = float(-(counts * np.log2(counts)).sum())
+    return {"captions": len(captions), "templates": len(counts), "template_bits": bits,
+            "scene_word_share": float(words[:, 0].sum() / words[:, 1].sum()),
+            "colour_words_per_caption": float(np.mean([template_of(c).count("<colour>") for c in captions])),
+            "median_pixels": {k: float(np.median(v)) for k, v in pixels.items()}}  # fmt: skip
 
 
 def main() -> None:
@@ -125,21 +141,42 @@ def main() -> None:
     args = parser.parse_args()
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     train, held = load_pairs(args.train), load_pairs(args.heldout)
+    data = describe_data(args.train, args.heldout)
+    print(f"training captions: {data['captions']}, {data['templates']} templates ({data['template_bits']:.2f} bits), "
+          f"{data['scene_word_share']:.1%} of words only the scene decides, {data['colour_words_per_caption']:.2f} "
+          f"colours per caption; median visible pixels per object: {data['median_pixels']}", flush=True)  # fmt: skip
     rows = []
     for variant in args.variants.split(","):
         policy = make_policy(args.train, args.preset, args.seed, **{**VARIANTS[variant], **extra})
-        before = evaluate(policy, held) if not rows else rows[0]["before"]
         seconds = train_variant(policy, train, variant, args.steps, args.batch, args.lr, args.seed)
-        rows.append({"variant": variant, "before": before, "after": evaluate(policy, held), "seconds": seconds})
+        rows.append({"variant": variant, "after": evaluate(policy, held, args.heldout), "seconds": seconds})
         print(json.dumps(rows[-1]), flush=True)
-    print(f"{'variant':12s} {'nll own':>8s} {'nll other':>9s} {'gap':>6s} {'top-1':>6s} {'top-5':>6s} {'s':>5s}")
+    print(format_rows(rows))
+    print(json.dumps({"args": vars(args), "data": data, "rows": rows}))
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = f"{'variant':12s} {'nll own':>8s} {'other':>7s} {'gap':>6s} {'LL top-1':>8s} {'top-5':>6s} "
+    lines = [head + f"{'CLIP top-1':>10s} {'top-5':>6s} {'colours':>7s} {'kinds':>6s} {'relations':>9s} {'s':>5s}"]
     for r in rows:
-        a = r["after"]
-        print(f"{r['variant']:12s} {a['nll_own']:8.3f} {a['nll_other']:9.3f} {a['gap']:6.3f} {a['top1']:6.1%} "
-              f"{a['top5']:6.1%} {r['seconds']:5.0f}")  # fmt: skip
+        a, gen = r["after"], r["after"]["generated"] or {}
+        clip = a["contrastive"] if a["contrastive"] and r["variant"] == "contrastive" else {"top1": None, "top5": None}
+        cells = [pct(clip["top1"]), pct(clip["top5"])] + [pct(gen.get(k, {}).get("true")) for k in CLAIMS]
+        lines.append(f"{r['variant']:12s} {a['nll_own']:8.3f} {a['nll_other']:7.3f} {a['gap']:6.3f} "
+                     f"{a['likelihood']['top1']:8.1%} {a['likelihood']['top5']:6.1%} {cells[0]:>10s} {cells[1]:>6s} "
+                     f"{cells[2]:>7s} {cells[3]:>6s} {cells[4]:>9s} {r['seconds']:5.0f}")  # fmt: skip
     a = rows[0]["after"]
-    print(f"chance: top-1 {a['chance_top1']:.1%}, top-5 {a['chance_top5']:.1%} over {a['scenes']} held-out scenes")
-    print(json.dumps({"args": vars(args), "rows": rows}))
+    lines.append(f"chance: top-1 {a['chance']['top1']:.1%}, top-5 {a['chance']['top5']:.1%} over {a['scenes']} "
+                 "held-out scenes; nll in nats per caption token; colours/kinds/relations: share of generated "
+                 "captions (one per scene) whose claims of that kind are true")  # fmt: skip
+    return "\n".join(lines)
+
+
+CLAIMS = ("colour", "kind", "relation")
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
 
 
 if __name__ == "__main__":

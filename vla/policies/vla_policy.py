@@ -10,7 +10,8 @@ the policy says how it was trained to be executed: `history`, `n_action_steps`, 
 
 Training: `loss, metrics = policy(batch)` on a collated window batch (see `vla.datasets.sampler`).
 Which losses run is decided by what the batch carries: `action` -> the action loss, `future.<image
-key>` -> the foresight loss, `caption` -> the captioning loss. A batch without `observation.state`
+key>` -> the foresight loss, `caption` -> the captioning loss and (`contrastive_weight` > 0) the
+contrastive image-text loss (`vla.model.text.ContrastiveHead`). A batch without `observation.state`
 (video) leaves out the [STATE] token, one without `action` the [ACT] readout, so the state encoder
 and the action head see no such batch and get no gradient from it.
 

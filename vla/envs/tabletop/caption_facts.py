@@ -220,12 +220,12 @@ def check(claims: Claims, scene: Scene) -> dict[str, bool | None]:
 
 def truth_shares(captions: list[str], scenes: list[Scene]) -> dict[str, dict]:
     """Over captions (each with its scene): per kind of claim, the captions making such a claim and the share
-    of them whose claims are all true -> {kind: {"captions": n, "true": share}}."""
+    of them whose claims are all true -> {kind: {"captions": n, "true": share, None when n is 0}}."""
     checked = [check(parse(c), s) for c, s in zip(captions, scenes)]
     out = {}
     for name in ("colour", "kind", "relation", "count", "state", "all"):
         made = [r[name] for r in checked if r[name] is not None]
-        out[name] = {"captions": len(made), "true": float(np.mean(made)) if made else float("nan")}
+        out[name] = {"captions": len(made), "true": float(np.mean(made)) if made else None}
     return out
 
 
