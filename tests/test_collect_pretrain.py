@@ -166,3 +166,44 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def _held_out_things(store) -> int:
+    """Objects in the stored scene facts whose colour x kind the unseen split holds out of robot data."""
+    from vla.envs.tabletop.caption_facts import Scene
+    from vla.envs.tabletop.splits import HELD_OUT_COLOURS
+
+    scenes = [Scene.from_json(s) for s in dict.fromkeys(store.meta(keys.SCENE).tolist())]
+    return sum(t.colour in HELD_OUT_COLOURS[t.kind] for s in scenes for t in s.things)
+
+
+def test_held_out_colours_reach_image_text_and_never_robot_data(tmp_path):
+    """--held-out-colours shows the unseen split's colour x kind combinations in image-text scenes; robot data
+    of the train split collected beside it (same process, same seeds) shows none, and robot and video
+    collection refuse the flag."""
+    from vla.envs.tabletop.episodes import KIND_OF, sample_episode
+    from vla.envs.tabletop.splits import HELD_OUT_COLOURS
+
+    tasks = ["--suite", "tabletop", "--tasks", "lift-block,open-drawer"]
+    args = [*tasks, "--kind", "image-text", "--captions-per-image", "1", "--episodes-per-task", "6"]
+    assert collect(tmp_path / "with.zarr", *args, "--held-out-colours") == 0
+    assert collect(tmp_path / "without.zarr", *args) == 0
+    with_, without = TrajectoryStore.open(tmp_path / "with.zarr"), TrajectoryStore.open(tmp_path / "without.zarr")
+    assert with_.meta(keys.SEED).tolist() == without.meta(keys.SEED).tolist()  # the same scenes, recoloured
+    assert _held_out_things(with_) >= 3 and _held_out_things(without) == 0
+    assert with_.attrs["collect"]["held_out_colours"] is True and "held_out_colours" not in without.attrs["collect"]
+
+    assert collect(tmp_path / "robot.zarr", *tasks, "--episodes-per-task", "1") == 0
+    robot = TrajectoryStore.open(tmp_path / "robot.zarr")
+    for i, (task, seed) in enumerate(zip(robot.meta(keys.TASK), robot.meta(keys.SEED))):
+        colours = sample_episode(str(task), "train", int(seed)).colours
+        assert not any(colour in HELD_OUT_COLOURS[KIND_OF[entity]] for entity, colour in colours.items())
+        env = TabletopEnv(str(task), image_size=32, cameras=("static", "wrist"))
+        env.reset(seed=int(seed), options={"colours": "any"})  # a recoloured scene leaves nothing behind
+        first, _ = env.reset(seed=int(seed))
+        np.testing.assert_array_equal(robot.episode(i)[STATIC][0], first[STATIC])  # what the robot store shows
+        env.close()
+    for kind in ("robot", "video"):
+        out = tmp_path / f"{kind}-flag.zarr"
+        assert collect(out, *tasks, "--kind", kind, "--held-out-colours") == 2
+        assert not out.exists()

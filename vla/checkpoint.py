@@ -100,6 +100,8 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
     policy = VLAPolicy(config, foresee=foresee, streaming=streaming)
     if not any(k.startswith("model.text.") for k in weights):  # saved before the text head existed
         policy.model.text = None
+    if not any(k.startswith("model.contrastive.") for k in weights):  # saved before the contrastive head
+        policy.model.contrastive = None
     try:
         policy.load_state_dict(weights)
     except RuntimeError as e:

@@ -52,11 +52,17 @@ class CollectConfig:
                        "image-text (captioned tabletop scenes; --episodes-per-task counts scenes)")  # fmt: skip
     frame_stride: int = option(1, min=1, help="video: keep every n-th frame (the store's fps is the env's / n)")
     captions_per_image: int = option(3, min=1, help="image-text: captions (episodes) per scene")
+    held_out_colours: bool = option(False, help="image-text: draw every object's colour from all eight, so the "
+                                    "images also show the colour x kind combinations the tabletop unseen split "
+                                    "holds out of robot data (a purple block)")  # fmt: skip
 
     def __post_init__(self):
         check_fields(self)
         if self.frame_stride != 1 and self.kind != "video":
             raise UserError(f"--frame-stride applies to --kind video, not --kind {self.kind}")
+        if self.held_out_colours and self.kind != "image-text":
+            raise UserError(f"--held-out-colours applies to --kind image-text, not --kind {self.kind}: robot and "
+                            "video data never show the unseen split's held-out colour x kind combinations")  # fmt: skip
 
 
 @dataclass
@@ -117,6 +123,8 @@ def store_layout(cfg: CollectConfig, env_specs: dict[str, keys.Spec], env_fps: f
         recipe["frame_stride"] = cfg.frame_stride
     else:
         recipe["captions_per_image"] = cfg.captions_per_image
+        if cfg.held_out_colours:  # recorded only when set, so stores made before the flag still resume
+            recipe["held_out_colours"] = True
     images = {k: s for k, s in env_specs.items() if keys.is_image_key(k)}
     return images, (env_fps / cfg.frame_stride if cfg.kind == "video" else 0.0), recipe
 

@@ -2,11 +2,15 @@
 
 Per task, `episodes_per_task` scenes are drawn as that task's episodes would be (its objects, the
 distractors, colours and start state; seeds from `vla.envs.episode_seed`, so the same command gives
-the same store). Each scene is rendered once from the chosen cameras (default `static`) and captioned
-`captions_per_image` times from privileged state as the first camera sees it (`vla.envs.tabletop.captions`):
-one one-frame episode per caption, the caption in `instruction`, task "tabletop-scene", source
-"image-text", seed the scene's. A re-run resumes, also inside a scene whose captions were cut short.
-One process does it all (`--workers` is ignored): a scene costs a few milliseconds to render and caption.
+the same store). With `held_out_colours` each scene is recoloured from all eight colours, so the images
+also show the colour x kind combinations the unseen split holds out of robot data (a purple block).
+Each scene is rendered once from the chosen cameras (default `static`) and captioned `captions_per_image`
+times from privileged state as the first camera sees it (`vla.envs.tabletop.captions`): one one-frame
+episode per caption, the caption in `instruction`, task "tabletop-scene", source "image-text", seed the
+scene's, and in the `scene` metadata the scene's facts as the camera sees them (JSON,
+`vla.envs.tabletop.caption_facts`: what generated captions are checked against). A re-run resumes, also
+inside a scene whose captions were cut short. One process does it all (`--workers` is ignored): a scene
+costs a few milliseconds to render and caption.
 
 (`--kind video` shares the expert rollouts of robot collection and lives in `vla.collect`.)
 """
@@ -84,6 +88,7 @@ def collect_image_text(cfg: CollectConfig, progress: bool = True) -> ImageTextRe
 
 
 def _collect_scenes(cfg, store, env, task, split, camera, stored: Counter, bar) -> SceneReport:
+    from vla.envs.tabletop.caption_facts import scene_facts
     from vla.envs.tabletop.captions import describe
 
     report = SceneReport(task)
@@ -95,13 +100,15 @@ def _collect_scenes(cfg, store, env, task, split, camera, stored: Counter, bar) 
             report.resumed += 1
             bar.update(1)
             continue
-        obs, _ = env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed, options={"colours": "any" if cfg.held_out_colours else "split"})
         captions = describe(env.unwrapped, camera, cfg.captions_per_image, seed)
+        facts = scene_facts(env.unwrapped, camera).to_json()
         if len(captions) < cfg.captions_per_image:
             log.info("%s scene %d: only %d captions to say", task, scene, len(captions))
         frame = {k: v[None] for k, v in obs.items() if keys.is_image_key(k)}  # one-frame episode: (1, S, S, 3)
         for caption in captions[have:]:  # a resumed scene continues where its captions stopped
-            store.add_episode(frame, instruction=caption, task=SCENE_TASK, success=True, seed=seed, source="image-text")
+            store.add_episode(frame, instruction=caption, task=SCENE_TASK, success=True, seed=seed, source="image-text",
+                              scene=facts)  # fmt: skip
             report.captions += 1
         report.kept += 1
         report.resumed += have > 0 and have >= len(captions)

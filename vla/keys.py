@@ -28,6 +28,9 @@ SOURCE = "source"  # where the episode came from: one of SOURCES
 SOURCES = ("expert", "teleop", "policy", "video", "image-text")
 META_FIELDS = (INSTRUCTION, TASK, SUCCESS, SEED, SOURCE)
 META_DTYPES = {INSTRUCTION: "str", TASK: "str", SUCCESS: "bool", SEED: "int64", SOURCE: "str"}
+# Optional per-episode metadata: absent from older stores (read as ""), "" where a writer has nothing to say.
+SCENE = "scene"  # JSON of the simulator state an image-text caption was made from (vla.envs.tabletop.caption_facts)
+OPTIONAL_META_FIELDS = (SCENE,)
 
 # --- sampler outputs ----------------------------------------------------------------------------
 PAD_SUFFIX = "_is_pad"

@@ -191,6 +191,8 @@ def _build(path: str, specs: Mapping[str, keys.Spec], attrs: dict) -> None:
     for field, dtype in keys.META_DTYPES.items():
         dtype = str if dtype == "str" else dtype
         meta.create_array(field, shape=(0,), chunks=(4096,), dtype=dtype, config=WRITE_ALL_CHUNKS)
+    for field in keys.OPTIONAL_META_FIELDS:
+        meta.create_array(field, shape=(0,), chunks=(4096,), dtype=str, config=WRITE_ALL_CHUNKS)
 
 
 def _remove_stale_partials(final: Path) -> None:
@@ -511,9 +513,12 @@ class TrajectoryStore:
         return {k: self.read(k, sl.start, sl.stop) for k in (keys_ or self.specs)}
 
     def meta(self, field: str) -> np.ndarray:
-        """Per-episode metadata for the committed episodes."""
-        if field not in keys.META_FIELDS:
-            raise KeyError(f"unknown meta field {field!r}; valid: {', '.join(keys.META_FIELDS)}")
+        """Per-episode metadata for the committed episodes; an optional field a store lacks reads as ""."""
+        if field not in (*keys.META_FIELDS, *keys.OPTIONAL_META_FIELDS):
+            valid = ", ".join((*keys.META_FIELDS, *keys.OPTIONAL_META_FIELDS))
+            raise KeyError(f"unknown meta field {field!r}; valid: {valid}")
+        if field not in self.group["meta"]:
+            return np.full(self.num_episodes, "", dtype=object)
         return np.asarray(self.group["meta"][field][: self.num_episodes])
 
     def episode_meta(self, i: int) -> dict:
@@ -529,8 +534,10 @@ class TrajectoryStore:
         success: bool,
         seed: int,
         source: str,
+        scene: str = "",
     ) -> int:
-        """Append one episode ({key: (T, *shape)} for every key of the schema) and commit it; returns its index."""
+        """Append one episode ({key: (T, *shape)} for every key of the schema) and commit it; returns its index.
+        scene: the optional `keys.SCENE` metadata (a store made before it existed gains the field)."""
         if not self.writable:
             raise StoreError(f"{self.path} is open read-only; open it with mode='a' to append")
         data = self._check_episode(data, source)  # every key checked before anything is written
@@ -548,6 +555,9 @@ class TrajectoryStore:
             keys.SEED: int(seed),
             keys.SOURCE: source,
         }
+        if scene or keys.SCENE in self.group["meta"]:
+            self._optional_meta(keys.SCENE)
+            values[keys.SCENE] = scene
         for field, value in values.items():
             arr = self._for_writing("meta", field)
             arr.resize((n + 1,))
@@ -558,6 +568,14 @@ class TrajectoryStore:
         ends[n] = start + length
         self._ends = np.append(self._ends, start + length)
         return n
+
+    def _optional_meta(self, field: str) -> None:
+        """Create an optional meta field an older store lacks, "" for its committed episodes."""
+        if field not in self.group["meta"]:
+            array = self.group["meta"].create_array(field, shape=(self.num_episodes,), chunks=(4096,), dtype=str,
+                                                    fill_value="", config=WRITE_ALL_CHUNKS)  # fmt: skip
+            if self.num_episodes:
+                array[:] = np.full(self.num_episodes, "", dtype=object)
 
     def _for_writing(self, group: str, name: str) -> zarr.Array:
         # The chunk config is not persisted in the store, so set it on every array a writer touches.
@@ -583,7 +601,8 @@ class TrajectoryStore:
         for key, spec in self.specs.items():
             if self.group["data"][key].shape[0] != steps:
                 self.group["data"][key].resize((steps, *spec.shape))
-        for field in (keys.EPISODE_ENDS, *keys.META_FIELDS):
+        optional = [f for f in keys.OPTIONAL_META_FIELDS if f in self.group["meta"]]
+        for field in (keys.EPISODE_ENDS, *keys.META_FIELDS, *optional):
             if self.group["meta"][field].shape[0] != n:
                 log.warning("trimming an uncommitted tail of meta/%s in %s", field, self.path)
                 self.group["meta"][field].resize((n,))

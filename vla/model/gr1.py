@@ -24,7 +24,7 @@ from vla.model.encoders import StateEncoder, VisionEncoder
 from vla.model.gpt import KV, Trunk
 from vla.model.heads import ActionHead, FlowHead, MAEDecoder, ResidualDecoder, ZeroLinear
 from vla.model.layout import Kind, TokenLayout
-from vla.model.text import TextHead
+from vla.model.text import ContrastiveHead, TextHead
 from vla.policies.config import PolicyConfig
 
 
@@ -91,6 +91,7 @@ class GR1(nn.Module):
             self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper == "binary", cfg.gripper_weight)
         self.foresight = nn.ModuleDict({c: self._decoder(cfg, image_size) for c in self.cameras})
         self.text = TextHead(d, vocab, cfg.max_text_len) if vocab is not None else None
+        self.contrastive = ContrastiveHead(d, lang_dim) if vocab is not None else None
         self.apply(_init_weights)
 
     @staticmethod
@@ -154,11 +155,16 @@ class GR1(nn.Module):
     def text_states(self, lang: torch.Tensor, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Captioning: lang (B, lang_dim) prompt, obs (B, 1, n_obs', d) one image's tokens, ids (B, L)
         caption tokens so far -> (B, L, d) states, state i predicting token i+1."""
+        return self.image_text_states(lang, obs, ids)[0]
+
+    def image_text_states(self, lang: torch.Tensor, obs: torch.Tensor, ids: torch.Tensor):
+        """`text_states` and the image: -> (text (B, L, d), the image's observation tokens (B, n_obs', d)).
+        The image tokens read only the prompt and each other, never the caption (the layout's rules)."""
         T = obs.shape[1]
         x = torch.cat([self.prefix_tokens(lang), obs.flatten(1, 2), self.text.embed(ids)], dim=1)
         kind, step = (t.to(x.device) for t in self.layout.tokens(T, "none", n_obs=obs.shape[2], text=ids.shape[1]))
         h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step))
-        return h[:, kind == Kind.TEXT]
+        return h[:, kind == Kind.TEXT], h[:, kind == Kind.OBS]
 
     # --- streaming -----------------------------------------------------------------------------------
     def start_stream(self, lang: torch.Tensor) -> StreamCache:

@@ -50,3 +50,35 @@ class TextHead(nn.Module):
         """Cross-entropy of the next tokens `targets` (B, L) where `keep` (B, L) is true."""
         ce = F.cross_entropy(self.logits(h).float().flatten(0, 1), targets.flatten(), reduction="none")
         return masked_mean(ce.view_as(targets), keep)
+
+
+class ContrastiveHead(nn.Module):
+    """Image-text contrast (CLIP: Radford et al. 2021, "Learning Transferable Visual Models From Natural
+    Language Supervision", the symmetric InfoNCE of its Figure 3): a pooled image embedding and the
+    caption's frozen sentence embedding, each projected to `dim_out` and L2-normalised, are pulled together
+    for pairs of one scene and pushed apart from the other pairs of the batch.
+
+    Captioning alone lets a model lower most of its loss from the captions' language prior (the templates,
+    the word order); this loss is only lowered by telling the batch's images apart by what their captions
+    say, so it puts the colours, kinds and places of objects into the image tokens the caption reads.
+    """
+
+    def __init__(self, dim: int, text_dim: int, dim_out: int = 128):
+        super().__init__()
+        self.image_proj = nn.Linear(dim, dim_out)
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim_out))
+        self.log_scale = nn.Parameter(torch.tensor(2.659))  # log(1 / 0.07), CLIP's initial temperature
+
+    def similarity(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """image (N, dim) pooled image states, text (M, text_dim) sentence embeddings -> (N, M) cosine
+        similarities times the learnt scale (capped at 100, as CLIP does)."""
+        i = F.normalize(self.image_proj(image), dim=-1)
+        t = F.normalize(self.text_proj(text.to(image.dtype)), dim=-1)
+        return self.log_scale.clamp(max=4.6052).exp() * i @ t.T
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+        """InfoNCE in both directions; same (B, B) bool marks pairs of one scene (the diagonal and any
+        other caption of the same image in the batch), which share the target probability."""
+        logits = self.similarity(image, text).float()
+        target = same.float() / same.float().sum(1, keepdim=True)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2  # `same` is symmetric

@@ -10,7 +10,8 @@ the policy says how it was trained to be executed: `history`, `n_action_steps`, 
 
 Training: `loss, metrics = policy(batch)` on a collated window batch (see `vla.datasets.sampler`).
 Which losses run is decided by what the batch carries: `action` -> the action loss, `future.<image
-key>` -> the foresight loss, `caption` -> the captioning loss. A batch without `observation.state`
+key>` -> the foresight loss, `caption` -> the captioning loss and (`contrastive_weight` > 0) the
+contrastive image-text loss (`vla.model.text.ContrastiveHead`). A batch without `observation.state`
 (video) leaves out the [STATE] token, one without `action` the [ACT] readout, so the state encoder
 and the action head see no such batch and get no gradient from it.
 
@@ -126,12 +127,13 @@ class VLAPolicy(nn.Module):
         batch = {k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()}
         weights = self.config
         if keys.CAPTION in batch:
-            losses, metrics = {"text": self._text_loss(batch)}, {}
+            losses, metrics = self._image_text_losses(batch), {}
         else:
             losses, metrics = self._window_losses(batch)
         if not losses:
             raise UserError(f"a batch with keys {sorted(batch)} gives this policy nothing to learn")
-        scale = {"action": weights.action_weight, "foresight": weights.foresight_weight, "text": weights.text_weight}
+        scale = {"action": weights.action_weight, "foresight": weights.foresight_weight, "text": weights.text_weight,
+                 "contrastive": weights.contrastive_weight}  # fmt: skip
         loss = sum(scale[name] * value for name, value in losses.items())
         metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
         return loss, {k: float(v) for k, v in metrics.items()}
@@ -200,14 +202,27 @@ class VLAPolicy(nn.Module):
         return self._lang([CAPTION_PROMPT] * obs.shape[0]), obs
 
     def _text_loss(self, batch: dict) -> torch.Tensor:
+        """The captioning loss alone (nats per caption token)."""
+        return self._image_text_losses(batch, contrastive=False)["text"]
+
+    def _image_text_losses(self, batch: dict, contrastive: bool = True) -> dict[str, torch.Tensor]:
+        """Captioning ("text") and, with `contrastive_weight` > 0, the contrastive image-text loss between the
+        image's pooled observation states and the caption's sentence embedding; captions of one image in the
+        batch (identical frames) count as one scene's."""
         tokens = self.language.tokenizer(
             batch[keys.CAPTION], padding=True, truncation=True, max_length=self.config.max_text_len + 1,
             return_tensors="pt",
         )  # fmt: skip
         ids, keep = tokens["input_ids"].to(self._device()), tokens["attention_mask"].to(self._device()).bool()
         lang, obs = self._caption_inputs(batch)
-        h = self.model.text_states(lang, obs, ids[:, :-1])
-        return self.model.text.loss(h, ids[:, 1:], keep[:, 1:])
+        h, image = self.model.image_text_states(lang, obs, ids[:, :-1])
+        losses = {"text": self.model.text.loss(h, ids[:, 1:], keep[:, 1:])}
+        head = self.model.contrastive
+        if contrastive and head is not None and self.config.contrastive_weight > 0 and len(ids) > 1:
+            frames = torch.cat([batch[k][:, -1].flatten(1) for k in self.image_keys if k in batch], dim=1)
+            same = (frames[:, None] == frames[None]).all(-1)  # (B, B)
+            losses["contrastive"] = head.loss(image.mean(1), self._lang(batch[keys.CAPTION]), same)
+        return losses
 
     @torch.no_grad()
     def caption(self, image: np.ndarray, max_tokens: int | None = None) -> str:

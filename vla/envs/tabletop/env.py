@@ -13,7 +13,7 @@ from vla import keys
 from vla.envs.render import make_renderer
 from vla.envs.suite import check_image_size
 from vla.envs.tabletop import chains, splits
-from vla.envs.tabletop.episodes import BODY_OF, KIND_OF, EpisodeSpec, Subtask, sample_episode
+from vla.envs.tabletop.episodes import BODY_OF, KIND_OF, EpisodeSpec, Subtask, recolour, sample_episode
 from vla.envs.tabletop.scene import (
     BLOCK_HALF,
     BLOCKS,
@@ -135,7 +135,9 @@ class TabletopEnv(gym.Env):
 
     # --- gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Draw the episode from `seed` (the same seed gives the same episode) and place everything."""
+        """Draw the episode from `seed` (the same seed gives the same episode) and place everything.
+        options {"colours": "any"}: the same scene with colours drawn from all eight for every kind, the
+        split's held-out colour x kind combinations included (`episodes.recolour`; image-text data only)."""
         super().reset(seed=seed)
         if seed is None:
             seed = int(self.np_random.integers(2**31 - 1))
@@ -143,6 +145,11 @@ class TabletopEnv(gym.Env):
             self.episode = chains.sample_chain(self.split, seed, self.chain_size)
         else:
             self.episode = sample_episode(self.task, self.split, seed)
+        colours = (options or {}).get("colours", "split")
+        if colours not in ("split", "any"):
+            raise choice_error("reset option colours", colours, ("split", "any"))
+        if colours == "any":
+            self.episode = recolour(self.episode)
         self.resets += 1
         apply_episode(self.scene, self.episode)
         self.scene.step(SETTLE_STEPS)

@@ -7,7 +7,7 @@ applies it to the compiled scene. Drawing it needs no simulator, so tests can sa
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -89,16 +89,31 @@ def fill(rng: np.random.Generator, layout: lay.Layout, entities: list[str]) -> N
 
 def pick_colours(rng: np.random.Generator, present: list[str], bindings: list[Binding], split: str) -> dict[str, str]:
     """Colours for `present` entities. Objects of one kind differ, and so do objects named together in
-    one instruction; the split decides which colours each kind (and the main object) may take."""
+    one instruction; the split decides which colours each kind (and the main object) may take ("any": all
+    eight for every kind, see `recolour`)."""
     named = list(dict.fromkeys(e for binding in bindings for e in binding.values()))
     partners = {e: {p for b in bindings if e in b.values() for p in b.values()} for e in named}
     colours: dict[str, str] = {}
     for entity in [*named, *(e for e in present if e not in named)]:
         kind = KIND_OF[entity]
         taken = {c for e, c in colours.items() if KIND_OF[e] == kind or e in partners.get(entity, ())}
-        choices = [c for c in splits.colour_choices(kind, split, entity == named[0]) if c not in taken]
+        allowed = splits.COLOURS if split == "any" else splits.colour_choices(kind, split, entity == named[0])
+        choices = [c for c in allowed if c not in taken]
         colours[entity] = str(rng.choice(choices))
     return colours
+
+
+def recolour(spec: EpisodeSpec) -> EpisodeSpec:
+    """`spec` with colours drawn from all eight for every entity, held-out colour x kind combinations
+    included (a purple block), under `pick_colours`' rules (objects of one kind, and objects named together,
+    differ), its instructions re-worded for them; a pure function of the spec's seed. For image-text data
+    only: robot episodes of a split keep `sample_episode`'s colours."""
+    rng = np.random.default_rng([int(spec.seed) & 0xFFFFFFFF, 0xC0100])
+    bindings = [sub.binding for sub in spec.subtasks]
+    colours = pick_colours(rng, list(spec.colours), bindings, "any")
+    subtasks = [replace(sub, instruction=TASKS[sub.task].instruction(sub.template, colours, sub.binding))
+                for sub in spec.subtasks]  # fmt: skip
+    return replace(spec, colours=colours, subtasks=subtasks)
 
 
 def pick_instruction(rng: np.random.Generator, task: str, binding: Binding, colours, split: str) -> tuple[int, str]:
