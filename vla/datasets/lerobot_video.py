@@ -105,7 +105,7 @@ def stream_info(path: Path) -> dict:
 
     with av.open(str(path)) as container:
         s = container.streams.video[0]
-        return {"video.height": s.height, "video.width": s.width, "video.codec": s.codec_context.name,
+        return {"video.height": s.height, "video.width": s.width, "video.codec": s.codec_context.codec.canonical_name,
                 "video.pix_fmt": s.pix_fmt, "video.is_depth_map": False, "video.fps": int(s.base_rate or 0),
                 "video.channels": 3, "has_audio": bool(container.streams.audio)}  # fmt: skip
 
