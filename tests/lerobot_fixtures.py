@@ -105,7 +105,8 @@ def write_v30(root: Path, height: int = 32, width: int = 32, video_frames: int |
     (root / "meta/info.json").write_text(json.dumps(info("v3.0", height, width, extra_features)))
     tasks = pa.table({"task_index": pa.array(range(len(TASKS))), "__index_level_0__": pa.array(TASKS)})
     pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": [
-        {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+        {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+         "metadata": None},
         {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object",
          "metadata": None}]}  # fmt: skip
     pq.write_table(
