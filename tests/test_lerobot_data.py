@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from lerobot_fixtures import CAMERA, FPS, LENGTHS, TASKS, action, frame, state, write_v21, write_v30
+from lerobot_fixtures import FPS, LENGTHS, TASKS, action, frame, state, write_v21, write_v30
 
 from vla import keys
 from vla.cli import main
@@ -74,7 +74,8 @@ def store16(tmp_path):
     """A 3-episode robot store with 16x16 smooth frames, its own specs and attributes."""
     path = tmp_path / "store.zarr"
     specs = {keys.image_key("front"): keys.image_spec("front", 16, "the front camera"),
-             keys.OBS_STATE: keys.state_spec("xyz + gripper", 4), keys.ACTION: keys.action_spec("dxyz + grip", 4)}  # fmt: skip
+             keys.OBS_STATE: keys.state_spec("xyz + gripper", 4),
+             keys.ACTION: keys.action_spec("dxyz + grip", 4)}  # fmt: skip
     with TrajectoryStore.create(path, specs, fps=20, extra_attrs={"collect": {"suite": "metaworld"}}) as s:
         for i, n in enumerate((5, 7, 6)):
             image = np.zeros((n, 16, 16, 3), np.uint8)
