@@ -5,6 +5,7 @@ so that importing them tests vla's reader against the layout rather than against
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def action(e: int, n: int) -> np.ndarray:
 def encode(path: Path, frames: list[np.ndarray], lossless: bool) -> None:
     """An MP4 at FPS, frame i at i / FPS: lossless H.264 RGB, or LeRobot's AV1 (libsvtav1, yuv420p)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1's banner off (it reads the level once per process)
     with av.open(str(path), "w") as container:
         if lossless:
             stream = container.add_stream("libx264rgb", rate=FPS, options={"qp": "0", "g": "2"})

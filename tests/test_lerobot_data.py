@@ -107,10 +107,12 @@ def test_round_trip(store16, tmp_path, codec):
             assert diff.max() == 0 if codec == "lossless" else diff.mean() < 3
 
 
-def test_export_layout(store16, tmp_path):
-    """The files and values LeRobot 0.4.4 reads: info.json, tasks, episodes with video offsets, stats, frames."""
+def test_export_layout(store16, tmp_path, capfd):
+    """The files and values LeRobot 0.4.4 reads: info.json, tasks, episodes with video offsets, stats, frames;
+    and no SVT-AV1 banner on the terminal."""
     ds = tmp_path / "ds"
     assert run("export-lerobot", store16, "--out", ds) == 0
+    assert "Svt[" not in capfd.readouterr().err
     info = json.loads((ds / "meta/info.json").read_text())
     assert (info["codebase_version"], info["fps"], info["total_episodes"], info["total_frames"]) == ("v3.0", 20, 3, 18)
     assert info["total_tasks"] == 2 and info["features"]["observation.images.front"]["info"]["video.codec"] == "av1"
