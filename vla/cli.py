@@ -117,6 +117,22 @@ def _data_import_image_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_import_lerobot(args: argparse.Namespace) -> int:
+    from vla.datasets.lerobot_import import import_lerobot
+
+    report = import_lerobot(args.path, args.out, image_size=args.image_size, skip=tuple(args.skip_feature),
+                            progress=not args.quiet)  # fmt: skip
+    print(report.summary())
+    return 0
+
+
+def _data_export_lerobot(args: argparse.Namespace) -> int:
+    from vla.datasets.lerobot_export import export_lerobot
+
+    print(export_lerobot(args.store, args.out, codec=args.codec, crf=args.crf, progress=not args.quiet).summary())
+    return 0
+
+
 def _data_info(args: argparse.Namespace) -> int:
     from vla.datasets.inspect import format_info, store_info
 
@@ -218,7 +234,7 @@ def _add_foresight(sub) -> None:
 
 
 def _add_data(sub) -> None:
-    """`vla data info|check|import-video|import-image-text`."""
+    """`vla data info|check|import-video|import-image-text|import-lerobot|export-lerobot`."""
     data = sub.add_parser("data", help="inspect, validate and import stores").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
     )
@@ -251,6 +267,38 @@ def _add_data(sub) -> None:
     p.add_argument("--append", action="store_true", help="add to an existing image-text store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_data_import_image_text)
+    _add_lerobot_data(data)
+
+
+def _add_lerobot_data(data) -> None:
+    """`vla data import-lerobot` and `vla data export-lerobot`."""
+    from vla.datasets.lerobot_video import CODECS, DEFAULT_CODEC, DEFAULT_CRF
+
+    p = data.add_parser("import-lerobot", help="a LeRobotDataset folder (v3.0, v2.1) into a store")
+    p.add_argument("path", help="the dataset folder (meta/info.json, data/, videos/)")
+    p.add_argument("--out", required=True, help="the store to write (must not exist)")
+    p.add_argument("--image-size", type=int, default=keys.IMAGE_SIZE, help="square side: center crop, then resize")
+    p.add_argument(
+        "--skip-feature",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave this feature out (repeatable); features vla cannot map are refused otherwise",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_import_lerobot)
+    p = data.add_parser("export-lerobot", help="a store as a LeRobotDataset v3.0 folder (LeRobot 0.4.4 loads it)")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="the dataset folder to write (must not exist)")
+    p.add_argument(
+        "--codec",
+        default=DEFAULT_CODEC,
+        choices=list(CODECS),
+        help="video codec: av1 (LeRobot's default, lossy), h264, lossless (H.264 RGB, qp 0)",
+    )
+    p.add_argument("--crf", type=int, default=DEFAULT_CRF, help="quality of av1/h264 (lower: better, larger)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_export_lerobot)
 
 
 def build_parser() -> argparse.ArgumentParser:

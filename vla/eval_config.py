@@ -16,7 +16,8 @@ DEFAULT_SUITE = "metaworld"
 
 @dataclass
 class EvalConfig:
-    policy: str = option(help="zero | expert | a checkpoint directory")
+    policy: str = option(help="zero | expert | a checkpoint directory | lerobot:PATH (a LeRobot-trained policy, run "
+                         "in LeRobot's environment: VLA_LEROBOT_PYTHON)")  # fmt: skip
     suite: str | None = option(None, help="metaworld | tabletop (default: a checkpoint's own, its run's "
                                "train.eval.suite or else the suite with its cameras; metaworld for zero and "
                                "expert)")  # fmt: skip

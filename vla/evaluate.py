@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILES = ("policy.yaml", "model.safetensors")
 NO_LIMIT = 100_000  # rollout backstop when the env's own truncation ends episodes
 CHAIN_TASK = "chain"  # the task name chains are reported (and seeded) under
+WEIGHTED = ("checkpoint", "lerobot")  # policy kinds loaded from a directory (the others need no weights)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Setup:
 
     suite: str
     split: str
-    policy_kind: str  # "zero" | "expert" | "checkpoint"
+    policy_kind: str  # "zero" | "expert" | "checkpoint" | "lerobot" (`--policy lerobot:PATH`)
     policy_path: str | None
     image_size: int
     cameras: tuple[str, ...]
@@ -151,7 +152,7 @@ class Worker:
     def __init__(self, setup: Setup, loaded=None):
         self.setup = setup
         self.suite = envs.get_suite(setup.suite)
-        if loaded is None and setup.policy_kind == "checkpoint":
+        if loaded is None and setup.policy_kind in WEIGHTED:
             loaded = load_checkpoint(setup.policy_path)
         self.loaded = loaded
         self.task, self.env, self.policy = None, None, None
@@ -200,7 +201,7 @@ _worker: Worker | None = None
 
 def _init_worker(setup: Setup, threads: int) -> None:
     global _worker
-    if setup.policy_kind == "checkpoint":
+    if setup.policy_kind in WEIGHTED:
         import torch
 
         torch.set_num_threads(threads)  # workers share the cores instead of each taking all of them
@@ -213,9 +214,13 @@ def _run_job(job: Job) -> EpisodeResult:
 
 # --- main side ---------------------------------------------------------------------------------
 def load_checkpoint(path: str):
-    """`vla.checkpoint.load_policy(path)` for a checkpoint directory or a run directory holding one."""
+    """`vla.checkpoint.load_policy(path)` for a checkpoint directory or a run directory holding one; a LeRobot
+    policy for `lerobot:PATH` (`vla.policies.lerobot_policy`)."""
     from vla.checkpoint import load_policy, resolve
+    from vla.policies.lerobot_policy import is_lerobot, load_lerobot_policy
 
+    if is_lerobot(path):
+        return load_lerobot_policy(path)
     try:
         resolve(path)
     except UserError:
@@ -266,7 +271,7 @@ def _out_dir(cfg: EvalConfig, policy_kind: str, suite: str) -> Path:
         out = Path(cfg.out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path(cfg.policy) if policy_kind == "checkpoint" else Path("runs")
+        base = Path(cfg.policy.removeprefix("lerobot:")) if policy_kind in WEIGHTED else Path("runs")
         out = base / "eval" / f"{suite}-{stamp}"
     if (out / "report.json").exists():
         raise UserError(f"{out} already holds an evaluation report; choose another --out")
@@ -285,9 +290,9 @@ class Plan:
 def prepare(cfg: EvalConfig) -> Plan:
     """Validate everything before anything is written: bad input raises `UserError` and writes nothing.
     Without `--suite`, a checkpoint is evaluated in its own suite (`default_suite`)."""
-    kind = cfg.policy if cfg.policy in BASELINES else "checkpoint"
-    path = cfg.policy if kind == "checkpoint" else None
-    policy = load_checkpoint(path) if kind == "checkpoint" else None
+    kind = cfg.policy if cfg.policy in BASELINES else "lerobot" if cfg.policy.startswith("lerobot:") else "checkpoint"
+    path = cfg.policy if kind in WEIGHTED else None
+    policy = load_checkpoint(path) if kind in WEIGHTED else None
     features = policy.features if policy is not None else None
     suite = envs.get_suite(cfg.suite or default_suite(path, features))
     split = envs.resolve_split(suite, suite.eval_split if cfg.split is None else cfg.split)
@@ -323,7 +328,7 @@ def _unseeing(setup: Setup) -> Setup:
     """A baseline policy (zero, expert) reads no image: with no video to record, its envs render nothing,
     which on a CPU is nearly all of a step's time (Meta-World: 0.25 ms of physics, several ms of
     rendering). The episodes are the same: rendering never changes the physics."""
-    return setup if setup.policy_kind == "checkpoint" else replace(setup, cameras=())
+    return setup if setup.policy_kind in WEIGHTED else replace(setup, cameras=())
 
 
 def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:

@@ -34,7 +34,8 @@ ROBOTS = ("sim", "mock", "lerobot:<type>")
 class ControlConfig:
     """`vla control`'s flags besides the loop's (`LoopConfig`), one field each (see `vla.options`)."""
 
-    policy: str = option(help="a run or checkpoint directory, or zero (the do-nothing policy)")
+    policy: str = option(help="a run or checkpoint directory, lerobot:PATH (a LeRobot-trained policy), or zero "
+                         "(the do-nothing policy)")  # fmt: skip
     robot: str = option("sim", help="sim | mock | lerobot:<type> (e.g. lerobot:so100_follower)")
     config: str | None = option(None, help="robot + shield YAML (default: configs/robot/<robot>.yaml)")
     instruction: str | None = option(None, help="what to do (default for sim: the task's instruction)")
@@ -64,11 +65,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 # --- building the pieces ---------------------------------------------------------------------------
 def load_policy(spec: str):
-    """A checkpoint policy (actions only, no foresight decoding) or None for `zero`."""
+    """A checkpoint policy (actions only, no foresight decoding), a LeRobot one (`lerobot:PATH`) or None for `zero`."""
     if spec == "zero":
         return None
     from vla.checkpoint import load_policy, resolve
+    from vla.policies.lerobot_policy import is_lerobot, load_lerobot_policy
 
+    if is_lerobot(spec):
+        return load_lerobot_policy(spec)
     try:
         resolve(spec)
     except UserError:
