@@ -10,10 +10,10 @@ from tests.conftest import fit, tiny_config
 from vla import keys
 from vla.checkpoint import load_policy, save_policy
 from vla.cli import main
-from vla.errors import UserError
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
+from vla.errors import UserError
 from vla.policies.executor import ChunkExecutor
 from vla.policies.normalizer import Normalizer
 from vla.policies.vla_policy import VLAPolicy

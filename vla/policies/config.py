@@ -108,8 +108,8 @@ class PolicyConfig:
     action_weight: float = option(1.0, min=0.0, help="the action loss")
     foresight_weight: float = option(0.5, min=0.0, help="the foresight loss")
     text_weight: float = option(1.0, min=0.0, help="the captioning loss")
-    contrastive_weight: float = option(1.0, min=0.0, help="the contrastive image-text loss beside captioning "
-                                       "(CLIP's InfoNCE: image-text batches only)")  # fmt: skip
+    contrastive_weight: float = option(0.0, min=0.0, help="the contrastive image-text loss beside captioning "
+                                       "(CLIP's InfoNCE: image-text batches only; off until measured)")  # fmt: skip
     gripper_weight: float = option(0.1, min=0.0, help="the gripper's BCE beside the arm's smooth-L1 (action loss)")
     foresight_stats_weight: float = option(10.0, min=0.0, help="the decoder's per-patch mean/std beside its "
                                            "normalised pixels")  # fmt: skip
