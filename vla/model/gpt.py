@@ -91,16 +91,10 @@ class Trunk(nn.Module):
         # bias[h, dt] for dt = 0 .. max_history-1; the last column is the bias towards the prefix
         self.time_bias = nn.Parameter(torch.zeros(n_head, max_history + 1))
 
-    def bias(
-        self,
-        q_kind: torch.Tensor,
-        q_step: torch.Tensor,
-        k_kind: torch.Tensor,
-        k_step: torch.Tensor,
-        k_pad: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Additive attention bias (B or 1, n_head, Lq, Lk) from token kinds, timesteps and key padding (B, Lk)."""
-        return self.bias_of(*self.rules(q_kind, q_step, k_kind, k_step, k_pad))
+    def bias(self, *tokens: torch.Tensor, k_pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Additive attention bias (B or 1, n_head, Lq, Lk) from the tokens' kinds and timesteps (q_kind,
+        q_step, k_kind, k_step: see `rules`) and key padding (B, Lk)."""
+        return self.bias_of(*self.rules(*tokens, k_pad))
 
     def rules(
         self,

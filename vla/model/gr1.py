@@ -149,7 +149,7 @@ class GR1(nn.Module):
         k_pad = None
         if step_is_pad is not None:
             k_pad = step_is_pad[:, step.clamp(min=0)] & (step >= 0)
-        h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step, k_pad))
+        h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step, k_pad=k_pad))
         return h[:, kind == Kind.READOUT].unflatten(1, (-1, readout.shape[2]))
 
     def text_states(self, lang: torch.Tensor, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
