@@ -1,4 +1,5 @@
-"""Is an image-text model grounded in the pixels? On a (held-out) image-text store:
+"""Is an image-text model grounded in the pixels? Caption -> image retrieval and the truth of its generated
+captions, on a (held-out) image-text store.
 
 - caption -> image retrieval: every caption scored under every scene's image, by the caption's log
   likelihood (the captioner) and, where the model has one, by the contrastive head's similarity; top-1 and
