@@ -91,7 +91,8 @@ class GR1(nn.Module):
             self.action_head = ActionHead(d, chunk, action_dim, cfg.gripper == "binary", cfg.gripper_weight)
         self.foresight = nn.ModuleDict({c: self._decoder(cfg, image_size) for c in self.cameras})
         self.text = TextHead(d, vocab, cfg.max_text_len) if vocab is not None else None
-        self.contrastive = ContrastiveHead(d, lang_dim) if vocab is not None else None
+        # Only where its loss is on: a head nothing trains would sit in every checkpoint as noise.
+        self.contrastive = ContrastiveHead(d, lang_dim) if vocab is not None and cfg.contrastive_weight > 0 else None
         self.apply(_init_weights)
 
     @staticmethod
