@@ -33,7 +33,7 @@ from vla.config import StoreConfig, load_config
 from vla.datasets.store import TrajectoryStore
 from vla.grounding import derangement
 from vla.policies.vla_policy import VLAPolicy
-from vla.train import build_data
+from vla.train_data import build_data
 
 VARIANTS = {
     "caption": dict(contrastive_weight=0.0),

@@ -11,7 +11,7 @@ from vla import envs, keys
 from vla.datasets.store import TrajectoryStore
 from vla.envs.meta_world_splits import MAX_SEED, fit_seed, variant
 from vla.evaluate import EvalConfig, evaluate
-from vla.train import build_data
+from vla.train_data import build_data
 
 TASKS = ("reach-v3", "drawer-close-v3", "push-v3")
 

@@ -16,7 +16,8 @@ from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.store import TrajectoryStore
 from vla.model.layout import Kind, TokenLayout
 from vla.policies.vla_policy import VLAPolicy
-from vla.train import MixtureOrder, build_data, init_from, module_group, train
+from vla.train import init_from, module_group, train
+from vla.train_data import MixtureOrder, build_data
 
 CAPTIONS = ["a drawer on the table", "a red dot above the table", "the arm near the drawer", "an empty table"]
 

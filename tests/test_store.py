@@ -263,7 +263,7 @@ def test_opening_refuses_what_data_check_rejects(small_store, break_it, message)
     from tests.conftest import tiny_config
     from vla.datasets.inspect import check_store
     from vla.datasets.sampler import WindowDataset
-    from vla.train import build_data
+    from vla.train_data import build_data
 
     break_it(small_store)
     problems, _ = check_store(small_store)
@@ -281,7 +281,7 @@ def test_nonfinite_values_are_refused_where_they_are_read(small_store):
     from tests.conftest import tiny_config
     from vla.datasets.inspect import check_store
     from vla.datasets.sampler import WindowDataset
-    from vla.train import build_data
+    from vla.train_data import build_data
 
     _set(small_store, f"data/{keys.ACTION}", 7, np.nan)
     assert check_store(small_store)[0] == ["data/action: non-finite values in steps 0..44"]
@@ -331,7 +331,7 @@ def test_a_failed_creation_leaves_nothing(tmp_path, monkeypatch):
         zarr.open_group(path, mode="w-").attrs.update(attrs)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(store_module, "_build", crash)
+    monkeypatch.setattr(store_module, "build", crash)
     with pytest.raises(RuntimeError, match="killed"):
         TrajectoryStore.create(tmp_path / "s.zarr", SPECS, fps=10)
     assert list(tmp_path.iterdir()) == []

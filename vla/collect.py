@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vla import envs, keys
-from vla.datasets.store import KINDS, StoreError, TrajectoryStore, schema_difference
+from vla.datasets.store import KINDS, StoreError, TrajectoryStore
+from vla.datasets.store_schema import schema_difference
 from vla.envs.rollout import Episode, record_episode
 from vla.errors import UserError
 from vla.options import check_fields, option

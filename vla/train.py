@@ -18,110 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vla import checkpoint, envs, keys
 from vla.config import Config, field_keys, get_field, set_field
-from vla.datasets.sampler import WindowSpec, collate, make_datasets
-from vla.datasets.stats import get_stats
-from vla.datasets.store import TrajectoryStore
+from vla.datasets.sampler import collate
 from vla.errors import UserError, choice_error
 from vla.policies.config import resolve_gripper
 from vla.policies.vla_policy import VLAPolicy
+from vla.train_data import MixtureOrder, batches, build_data, loader_generator
 
 log = logging.getLogger(__name__)
-
-
-# --- data --------------------------------------------------------------------------------------------
-class MixtureOrder:
-    """Which windows each epoch visits, batch by batch: a pure function of (seed, epoch). One store: a
-    permutation cut into batches. Several: each batch comes from one store, picked by weight, with its
-    windows drawn uniformly from that store, so a batch never mixes robot, video and image-text data
-    (each kind has its own token layout and losses); a store's weight is its share of the batches."""
-
-    def __init__(self, sizes: list[int], weights: list[float], seed: int):
-        self.sizes, self.seed = sizes, seed
-        self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-
-    def batches_per_epoch(self, batch_size: int) -> int:
-        """Whole batches in an epoch; a UserError when the windows do not fill one."""
-        n = sum(self.sizes) // batch_size
-        if n == 0:
-            raise UserError(f"{sum(self.sizes)} training windows are fewer than one batch of {batch_size}")
-        return n
-
-    def __call__(self, epoch: int, batch_size: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        n = self.batches_per_epoch(batch_size)
-        if len(self.sizes) == 1:
-            return list(rng.permutation(self.sizes[0])[: n * batch_size].reshape(n, batch_size))
-        stores = rng.choice(len(self.sizes), size=n, p=self.weights)
-        return [self.offsets[s] + rng.integers(self.sizes[s], size=batch_size) for s in stores]
-
-
-def loader_generator(seed: int, *stream: int) -> torch.Generator:
-    """The generator a DataLoader draws its worker seeds from (each worker's torch, numpy and python
-    seeds): a pure function of (seed, *stream) (training: 0, epoch, rank; validation: 1), so a resumed
-    epoch gets the workers it had, and opening a loader draws nothing from the global generator that
-    training's own random draws continue from."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0]))
-
-
-def batches(dataset, order: MixtureOrder, batch_size: int, epoch: int, start: int, rank=0, world=1, workers=0):
-    """Yield (epoch, index of the batch in its epoch, batch) forever, starting at (epoch, start).
-    Each process takes its share of every global batch, so all processes see the same kind of data."""
-    while True:
-        plan = [b[rank::world].tolist() for b in order(epoch, batch_size * world)[start:]]
-        loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers,
-                            generator=loader_generator(order.seed, 0, epoch, rank))  # fmt: skip
-        for i, batch in enumerate(loader, start=start):
-            yield epoch, i, batch
-        epoch, start = epoch + 1, 0
-
-
-def build_data(cfg: Config):
-    """Train dataset (a mixture), validation datasets (one per store), and the features and statistics
-    of the union of the stores (a key's statistics come from the first store that has it)."""
-    if not cfg.data.stores:
-        raise UserError("no training stores: set data.stores in the config (a list of {path, weight})")
-    window = WindowSpec.of(cfg.policy)
-    stores = [TrajectoryStore.open(s.path) for s in cfg.data.stores]
-    splits = [make_datasets(s, window, cfg.data.val_fraction, cfg.train.seed) for s in stores]
-    train = ConcatDataset([t for t, _ in splits])
-    vals = [v for _, v in splits if v is not None]
-    order = MixtureOrder([len(t) for t, _ in splits], [s.weight for s in cfg.data.stores], cfg.train.seed)
-    features, stats = {}, {}
-    for store in stores:
-        _warn_of_eval_scenes(store)
-        store_stats = get_stats(store)
-        for key, spec in store.specs.items():
-            if key in features and keys.Spec.from_json(features[key]) != spec:
-                earlier = f"{tuple(features[key]['shape'])} {features[key]['dtype']}"
-                raise UserError(f"{store.path} holds {key} as {spec.shape} {spec.dtype}, an earlier store as {earlier}")
-            declared = features.get(key, {}).get("gripper")
-            if declared and spec.gripper and declared != spec.gripper and cfg.policy.gripper == "auto":
-                raise UserError(f"{store.path} declares a {spec.gripper} gripper, an earlier store a {declared} one; "
-                                "train on one kind, or set policy.gripper")  # fmt: skip
-            if key not in features or (spec.gripper and not declared):
-                features[key] = spec.to_json()  # the first store's, or the first that declares its gripper
-            stats.setdefault(key, store_stats[key])
-    if not any(keys.is_image_key(k) for k in features):
-        raise UserError("the training stores hold no camera images (observation.images.<camera>)")
-    return train, vals, order, features, stats
-
-
-def _warn_of_eval_scenes(store: TrajectoryStore) -> None:
-    """Say so when a store holds scenes `vla eval` draws by default (Meta-World's held-out variants: a
-    store collected before they were held out, or with --split unseen)."""
-    suite = (store.attrs.get("collect") or {}).get("suite", "")
-    n = envs.seeds_in_split(suite, store.meta(keys.SEED).tolist(), "unseen")
-    if n:
-        log.warning("%s: %d of %d episodes show %s's held-out scenes (split unseen), which vla eval draws by "
-                    "default: evaluating this policy there replays training scenes; collect the store again "
-                    "(vla collect draws split train) or evaluate with --split train", store.path, n,
-                    store.num_episodes, suite)  # fmt: skip
 
 
 # --- optimisation ------------------------------------------------------------------------------------
@@ -318,6 +226,29 @@ def prepare(cfg: Config, resume: bool, given: list[str] | None = None) -> Config
     return saved
 
 
+@dataclass
+class _Run:
+    """A run as its step loop sees it: the model and its optimiser, the data, where the loop stands."""
+
+    cfg: Config
+    policy: VLAPolicy
+    model: torch.nn.Module  # the policy, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    train_set: object
+    val_set: list
+    order: MixtureOrder
+    stats: dict
+    device: torch.device
+    bf16: bool
+    rank: int
+    world: int
+    step: int
+    epoch: int
+    start: int  # batch index within `epoch` to continue from
+
+
 def train(
     cfg: Config,
     resume: bool = False,
@@ -328,8 +259,21 @@ def train(
 ) -> TrainResult:
     """Train to `cfg.train.steps` (or stop early at `stop_at` with a checkpoint, as an interruption would).
     resume: continue the run in `cfg.train.out` exactly where its checkpoint stopped; `given` names the
-    settings the user set (see `prepare`)."""
+    settings the user set (see `prepare`). Raises UserError for a bad config, data or checkpoint."""
     cfg = prepare(cfg, resume, given)
+    out = Path(cfg.train.out)
+    result = TrainResult(out, cfg.train.steps)
+    run = _start(cfg, resume, init, result)
+    with _no_half_made_run(out, run.rank == 0):
+        out.mkdir(parents=True, exist_ok=True)
+        if result.init_report and run.rank == 0:
+            (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
+        _step_loop(run, result, progress, min(cfg.train.steps, stop_at or cfg.train.steps))
+        return result
+
+
+def _start(cfg: Config, resume: bool, init: str | None, result: TrainResult) -> _Run:
+    """The policy, optimiser and data of the run, restored from its checkpoint when resuming."""
     rank, world = _distributed()
     device, out = _device(cfg), Path(cfg.train.out)
     check_eval(cfg)
@@ -339,65 +283,78 @@ def train(
     cfg.policy.features = features
     cfg.policy, why = resolve_gripper(cfg.policy, stats)  # saved resolved: a resume and a loaded policy agree
     policy = VLAPolicy(cfg.policy, stats).to(device).train()
-    result = TrainResult(out, cfg.train.steps)
     if init:
         result.init_report = init_from(policy, init)
     opt, sched = make_optimizer(policy, cfg)
     ema = EMA(policy, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     step, epoch, start = restore(out, policy, opt, sched, ema) if resume else (0, 0, 0)
-    if resume:
-        if step > cfg.train.steps:
-            raise UserError(f"{out} is at step {step}, past train.steps {cfg.train.steps}: set train.steps above it")
+    if step > cfg.train.steps:
+        raise UserError(f"{out} is at step {step}, past train.steps {cfg.train.steps}: set train.steps above it")
     model = _data_parallel(policy, device) if world > 1 else policy
     bf16 = use_bf16(cfg, device)
     if rank == 0:
         log.info(run_summary(cfg, train_set, val_set, policy, device, bf16, world, step))
         if keys.ACTION in features:  # logged with the summary, once the run is known to start
             log.info("policy.gripper: %s (%s)", cfg.policy.gripper, "the run's, as it started" if resume else why)
-    with _no_half_made_run(out, rank == 0):
-        out.mkdir(parents=True, exist_ok=True)
-        if result.init_report and rank == 0:
-            (out / "init_report.json").write_text(json.dumps({"init_from": init, **result.init_report}, indent=1))
-        logger = MetricLogger(out, enabled=rank == 0, start=step)
-        stream = batches(train_set, order, cfg.train.batch_size, epoch, start, rank, world, cfg.data.num_workers)
-        bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step",
-                   mininterval=0.5)  # fmt: skip
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-        log.info("numerics: %s", numerics(device, bf16))
-        samples_per_step = cfg.train.batch_size * cfg.train.grad_accum * world
-        tick = time.perf_counter()
-        last = min(cfg.train.steps, stop_at or cfg.train.steps)
-        while step < last:
-            loss, metrics, grad_norm, epoch, index = optimizer_step(cfg, model, stream, opt, sched, autocast)
-            step += 1
-            if ema:
-                ema.update(policy, step)
-            result.losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn by the update: one frame per step at most
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                rate = cfg.train.log_every * samples_per_step / (time.perf_counter() - tick)
-                logger.log(step, "train", {"loss": loss, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-                                           "samples_per_s": rate, **metrics})  # fmt: skip
-                tick = time.perf_counter()
-            if val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
-                result.val_loss = validate(cfg, ema.state if ema else policy.state_dict(), stats, val_set, device, bf16)
-                logger.log(step, "val", {"loss": result.val_loss})
-            evaluate_now = cfg.train.eval.suite and (
-                step == last or (cfg.train.eval.every and step % cfg.train.eval.every == 0)
-            )
-            if rank == 0 and (step % cfg.train.save_every == 0 or step == last or evaluate_now):
-                position = {"epoch": epoch, "batch": index + 1}
-                save(cfg, policy, ema, opt, sched, step, position, out)
-            if rank == 0 and evaluate_now:
-                result.success = simulate(cfg, out, step)
-                logger.log(step, "eval", {"success": result.success})
-                log.info("step %d: simulator success %.1f%% (%s, %s; %d episodes per task) in %s", step,
-                         100 * result.success, cfg.train.eval.suite, cfg.train.eval.tasks, cfg.train.eval.episodes,
-                         out / "eval" / f"step-{step:07d}")  # fmt: skip
-        bar.close()
-        logger.close()
-        return result
+    return _Run(cfg, policy, model, opt, sched, ema, train_set, val_set, order, stats, device, bf16, rank, world,
+                step, epoch, start)  # fmt: skip
+
+
+def _step_loop(run: _Run, result: TrainResult, progress: bool, last: int) -> None:
+    """Optimizer steps from `run.step` to `last`, with the periodic logging, validation, checkpoints and
+    simulator evaluations of `cfg.train`."""
+    cfg, out = run.cfg, result.out
+    logger = MetricLogger(out, enabled=run.rank == 0, start=run.step)
+    stream = batches(run.train_set, run.order, cfg.train.batch_size, run.epoch, run.start, run.rank, run.world,
+                     cfg.data.num_workers)  # fmt: skip
+    bar = tqdm(total=cfg.train.steps, initial=run.step, disable=not progress or run.rank != 0, desc="train",
+               unit="step", mininterval=0.5)  # fmt: skip
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16)
+    log.info("numerics: %s", numerics(run.device, run.bf16))
+    samples_per_step = cfg.train.batch_size * cfg.train.grad_accum * run.world
+    tick = time.perf_counter()
+    while run.step < last:
+        loss, metrics, grad_norm, run.epoch, index = optimizer_step(
+            cfg, run.model, stream, run.opt, run.sched, autocast
+        )
+        run.step += 1
+        step = run.step
+        if run.ema:
+            run.ema.update(run.policy, step)
+        result.losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn by the update: one frame per step at most
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            rate = cfg.train.log_every * samples_per_step / (time.perf_counter() - tick)
+            logger.log(step, "train", {"loss": loss, "grad_norm": grad_norm, "lr": run.sched.get_last_lr()[0],
+                                       "samples_per_s": rate, **metrics})  # fmt: skip
+            tick = time.perf_counter()
+        if run.val_set and (step % cfg.train.val_every == 0 or step == cfg.train.steps):
+            weights = run.ema.state if run.ema else run.policy.state_dict()
+            result.val_loss = validate(cfg, weights, run.stats, run.val_set, run.device, run.bf16)
+            logger.log(step, "val", {"loss": result.val_loss})
+        _save_and_simulate(run, result, logger, last, {"epoch": run.epoch, "batch": index + 1})
+    bar.close()
+    logger.close()
+
+
+def _save_and_simulate(run: _Run, result: TrainResult, logger, last: int, position: dict) -> None:
+    """The checkpoint due at this step (every `save_every`, the last step, before a simulator evaluation)
+    and the simulator evaluation due (`train.eval`: every `every` steps and at the end). Rank 0 only."""
+    cfg, step, out = run.cfg, run.step, result.out
+    evaluate_now = cfg.train.eval.suite and (
+        step == last or (cfg.train.eval.every and step % cfg.train.eval.every == 0)
+    )
+    if run.rank != 0:
+        return
+    if step % cfg.train.save_every == 0 or step == last or evaluate_now:
+        save(cfg, run.policy, run.ema, run.opt, run.sched, step, position, out)
+    if evaluate_now:
+        result.success = simulate(cfg, out, step)
+        logger.log(step, "eval", {"success": result.success})
+        log.info("step %d: simulator success %.1f%% (%s, %s; %d episodes per task) in %s", step,
+                 100 * result.success, cfg.train.eval.suite, cfg.train.eval.tasks, cfg.train.eval.episodes,
+                 out / "eval" / f"step-{step:07d}")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -415,7 +372,6 @@ def _no_half_made_run(out: Path, owner: bool):
 
 def check_eval(cfg: Config) -> None:
     """`train.eval`'s suite and tasks, checked before training rather than when the first evaluation runs."""
-    from vla import envs
 
     ev = cfg.train.eval
     if ev.suite not in ("", *envs.SUITES):

@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from vla import keys
-from vla.datasets.store import StoreError, TrajectoryStore, schema_difference
+from vla.datasets.store import StoreError, TrajectoryStore
+from vla.datasets.store_schema import schema_difference
 from vla.errors import UserError
 from vla.options import check_value
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from vla import keys
-from vla.datasets.store import PARTIAL, StoreError, TrajectoryStore, _is_local
+from vla.datasets.store import StoreError, TrajectoryStore
+from vla.datasets.store_files import PARTIAL, is_local
 
 
 def _bytes_on_disk(path: str) -> int | None:
-    if not _is_local(path):
+    if not is_local(path):
         return None
     return sum(f.stat().st_size for f in Path(path.removeprefix("file://")).rglob("*") if f.is_file())
 
@@ -93,7 +94,7 @@ def check_store(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     raw_ends = store.group["meta"][keys.EPISODE_ENDS].shape[0]
     if raw_ends > store.num_episodes:
         notes.append("one uncommitted episode entry (a writer was interrupted); the next append trims it")
-    if _is_local(store.path):
+    if is_local(store.path):
         strays = [p for p in Path(store.path.removeprefix("file://")).rglob(f"*{PARTIAL}") if p.is_file()]
         if strays:
             notes.append(f"{len(strays)} temporary files (*{PARTIAL}) from an interrupted write; the next append "

@@ -32,184 +32,30 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from vla import keys
+from vla.datasets.store_files import (
+    FORMAT,
+    KINDS,
+    PARTIAL,
+    VERSION,
+    WRITE_ALL_CHUNKS,
+    build,
+    chunk_key,
+    is_local,
+    is_skeleton,
+    list_keys,
+    local_path,
+    remove_stale_partials,
+)
+from vla.datasets.store_schema import StoreError, conform
 from vla.errors import UserError
 
 log = logging.getLogger(__name__)
-
-FORMAT = "vla-trajectories"
-VERSION = 1
-KINDS = ("robot", "video", "image-text")
-TIME_CHUNK_BYTES = 1 << 19  # ~512 KiB of raw data per chunk: small enough for fast random windows
-
-
-# zarr skips chunks equal to the fill value by default; writing them all lets `vla data check` tell a
-# deleted chunk file from a chunk of zeros.
-WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
-
-
-class StoreError(UserError):
-    """A store that is missing, corrupt, of another format or schema, or locked by another writer."""
-
-
-def _time_chunk(spec: keys.Spec) -> int:
-    step_bytes = np.dtype(spec.dtype).itemsize * int(np.prod(spec.shape, dtype=np.int64))
-    return int(np.clip(TIME_CHUNK_BYTES // max(step_bytes, 1), 16, 4096))
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _local(path: str) -> Path:
-    return Path(path.removeprefix("file://"))
-
-
-PARTIAL = ".partial"  # the suffix of zarr's temporary files, and of a store being created
-
-
-def conform(key: str, spec: keys.Spec, values, *, steps: bool = True) -> np.ndarray:
-    """`values` for `key` as the spec's dtype, or a `StoreError` naming the key, what was given and what
-    the spec says. `steps`: values carry a leading time axis (T, *shape); else one step (*shape).
-
-    Integers are accepted for an integer key when every value fits its dtype; floats never are (frames in
-    [0, 1] would store as 0). Floats and integers are accepted for a float key when every value is finite
-    after conversion. Nothing else converts."""
-    arr = np.asarray(values)
-    per_step = tuple(arr.shape[1:] if steps else arr.shape)
-    if (steps and arr.ndim == 0) or per_step != tuple(spec.shape):
-        what = f"per-step shape {per_step}" if steps and arr.ndim else f"shape {arr.shape}"
-        raise StoreError(f"{key} has {what}; the store's spec says {tuple(spec.shape)} ({spec.description})")
-    want = np.dtype(spec.dtype)
-    given = f"{key} given as {arr.dtype}"
-    says = f"the store's spec says {want} ({spec.units})"
-    if want.kind in "iu":
-        if arr.dtype.kind not in "iu":
-            hint = " (scale and round frames in [0, 1] to 0..255 first)" if keys.is_image_key(key) else ""
-            raise StoreError(f"{given}{_range(arr)}; {says}{hint}")
-        info = np.iinfo(want)
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise StoreError(f"{given}{_range(arr)}, outside {want}'s {info.min}..{info.max}; {says}")
-        return arr.astype(want, copy=False)
-    if want.kind == "f":
-        if arr.dtype.kind not in "fiu":
-            raise StoreError(f"{given}; {says}")
-        with np.errstate(over="ignore"):
-            out = arr.astype(want, copy=False)
-        if not np.all(np.isfinite(out)):
-            bad = "non-finite" if not np.all(np.isfinite(arr)) else f"beyond {want}'s range"
-            raise StoreError(f"{given} with {bad} values; {says}, finite")
-        return out
-    raise StoreError(f"{key}: the store's spec dtype {want} is not one vla writes")
-
-
-def _range(arr: np.ndarray) -> str:
-    if not arr.size or arr.dtype.kind not in "fiub":
-        return ""
-    return f" (values {arr.min():.4g}..{arr.max():.4g})"
-
-
-def schema_difference(stored: Mapping[str, keys.Spec], wanted: Mapping[str, keys.Spec]) -> str | None:
-    """What differs between two schemas, named field by field (`action: description 'a' in the store,
-    'b' here`), or None when they are equal."""
-    diffs = []
-    for key in sorted(set(stored) | set(wanted)):
-        if key not in stored or key not in wanted:
-            diffs.append(f"{key} is {'missing from the store' if key not in stored else 'not written here'}")
-            continue
-        have, want = stored[key], wanted[key]
-        fields = [
-            f"{name} {getattr(have, name)!r} in the store, {getattr(want, name)!r} here"
-            for name in ("dtype", "shape", "units", "description")
-            if getattr(have, name) != getattr(want, name)
-        ]
-        if fields:
-            diffs.append(f"{key}: " + "; ".join(fields))
-    return ". ".join(diffs) or None
-
-
-def _list_keys(group: zarr.Group) -> set[str]:
-    """Every key (file) under the store's root, relative to it: one listing."""
-    store = group.store_path.store
-
-    async def listing():
-        return [k async for k in store.list_prefix(group.store_path.path)]
-
-    prefix = group.store_path.path
-    return {k[len(prefix) :].lstrip("/") if prefix else k for k in sync(listing())}
-
-
-def _chunk_key(array: zarr.Array, c: int) -> str:
-    """The key, relative to the store's root, of time-chunk `c` (arrays are chunked along time only)."""
-    return f"{array.path}/{array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))}"
-
-
-def _is_skeleton(path: str) -> bool:
-    """Whether `path` holds an incomplete store that is safe to replace: nothing but zarr metadata and
-    temporary files (no chunk of data), our format or none, and not the whole set of groups and arrays
-    (a whole empty store is a store). What a kill during creation by an older version leaves."""
-    if _is_local(path) and not _local(path).is_dir():
-        return False
-    try:
-        group = zarr.open_group(path, mode="r")
-    except Exception:
-        if not _is_local(path):
-            return False
-        files = [p for p in _local(path).rglob("*") if p.is_file()]
-        return all(p.name.endswith(PARTIAL) for p in files)  # an empty directory, or temporary files only
-    listed = _list_keys(group)
-    if any(not (k == "zarr.json" or k.endswith("/zarr.json") or k.endswith(PARTIAL)) for k in listed):
-        return False
-    attrs = group.attrs
-    if attrs.get("format") not in (None, FORMAT):
-        return False
-    specs = attrs.get("specs") or {}
-    arrays = [f"data/{k}" for k in specs] + [f"meta/{f}" for f in (keys.EPISODE_ENDS, *keys.META_FIELDS)]
-    return attrs.get("format") is None or not specs or any(f"{a}/zarr.json" not in listed for a in arrays)
-
-
-def _build(path: str, specs: Mapping[str, keys.Spec], attrs: dict) -> None:
-    """The store's groups and empty arrays at `path` (a fresh location)."""
-    group = zarr.open_group(path, mode="w-")
-    group.attrs.update(attrs)
-    data, meta = group.create_group("data"), group.create_group("meta")
-    for key, spec in specs.items():
-        data.create_array(
-            key,
-            shape=(0, *spec.shape),
-            chunks=(_time_chunk(spec), *spec.shape),
-            dtype=spec.dtype,
-            config=WRITE_ALL_CHUNKS,
-        )
-    meta.create_array(keys.EPISODE_ENDS, shape=(0,), chunks=(4096,), dtype="int64", config=WRITE_ALL_CHUNKS)
-    for field, dtype in keys.META_DTYPES.items():
-        dtype = str if dtype == "str" else dtype
-        meta.create_array(field, shape=(0,), chunks=(4096,), dtype=dtype, config=WRITE_ALL_CHUNKS)
-    for field in keys.OPTIONAL_META_FIELDS:
-        meta.create_array(field, shape=(0,), chunks=(4096,), dtype=str, config=WRITE_ALL_CHUNKS)
-
-
-def _remove_stale_partials(final: Path) -> None:
-    """Remove `<name>.<hex>.partial` directories that creators of `final` killed mid-way left behind; one
-    still being built is locked by its creator and kept."""
-    for stale in final.parent.glob(f"{final.name}.*{PARTIAL}"):
-        if not stale.is_dir():
-            continue
-        fd = os.open(stale, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a live creator
-        finally:
-            os.close(fd)
-        log.warning("removing %s, left by an interrupted store creation", stale)
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 class TrajectoryStore:
@@ -275,14 +121,14 @@ class TrajectoryStore:
             "specs": {k: s.to_json() for k, s in specs.items()},
             **(extra_attrs or {}),
         }
-        if not _is_local(path):  # no rename on object storage: a kill leaves a skeleton, which counts as absent
-            if _is_skeleton(path):
+        if not is_local(path):  # no rename on object storage: a kill leaves a skeleton, which counts as absent
+            if is_skeleton(path):
                 zarr.open_group(path, mode="w")
-            _build(path, specs, attrs)
+            build(path, specs, attrs)
             return cls(zarr.open_group(path, mode="r+"), path, writable=True)
-        final = _local(path)
+        final = local_path(path)
         final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(final)
+        remove_stale_partials(final)
         if final.exists():  # a skeleton (see `exists`): nothing in it to lose
             log.warning("replacing the incomplete store %s (its creation was interrupted)", path)
             shutil.rmtree(final)
@@ -291,7 +137,7 @@ class TrajectoryStore:
         fd = os.open(tmp, os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held through the rename: it becomes the new store's writer lock
         try:
-            _build(str(tmp), specs, attrs)
+            build(str(tmp), specs, attrs)
             try:
                 os.rename(tmp, final)
             except OSError as e:
@@ -306,17 +152,17 @@ class TrajectoryStore:
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """Whether anything (a store or not) is at `path`; an incomplete skeleton that `create` replaces
-        (see `_is_skeleton`) counts as nothing."""
+        (see `is_skeleton`) counts as nothing."""
         path = str(path)
-        if _is_local(path):
-            if not _local(path).exists():
+        if is_local(path):
+            if not local_path(path).exists():
                 return False
         else:
             try:
                 zarr.open_group(path, mode="r")
             except Exception:
                 return False
-        return not _is_skeleton(path)
+        return not is_skeleton(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r", *, strict: bool = True) -> TrajectoryStore:
@@ -325,7 +171,7 @@ class TrajectoryStore:
         path = str(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        if _is_local(path) and not _local(path).exists():
+        if is_local(path) and not local_path(path).exists():
             raise StoreError(f"no store at {path}")
         try:
             group = zarr.open_group(path, mode="r" if mode == "r" else "r+")
@@ -352,7 +198,7 @@ class TrajectoryStore:
             missing += [f for f in (keys.EPISODE_ENDS, *keys.META_FIELDS) if f not in self.group["meta"]]
             if missing or not isinstance(attrs.get("specs"), dict):
                 problem = f"{self.path} is corrupt: missing arrays {', '.join(missing) or '(no specs)'}"
-        if problem and _is_skeleton(self.path):
+        if problem and is_skeleton(self.path):
             raise StoreError(f"{self.path} is an incomplete store (its creation was interrupted; it holds no "
                              "data): re-run the command that makes it, which replaces it")  # fmt: skip
         if problem:
@@ -384,7 +230,7 @@ class TrajectoryStore:
     def _missing_chunks(self) -> list[str]:
         """Chunk files of the committed range that are absent, from one listing of the store. zarr would
         read them as the fill value (zeros: black frames, zero actions), so they must never pass."""
-        listed = _list_keys(self.group)
+        listed = list_keys(self.group)
         problems = []
         arrays = [(f"data/{k}", self.num_steps) for k in self.specs]
         arrays += [(f"meta/{f}", self.num_episodes) for f in (keys.EPISODE_ENDS, *keys.META_FIELDS)]
@@ -392,7 +238,7 @@ class TrajectoryStore:
             array = self.group[name]
             chunk = array.chunks[0]
             expected = -(-length // chunk)
-            missing = [c for c in range(expected) if _chunk_key(array, c) not in listed]
+            missing = [c for c in range(expected) if chunk_key(array, c) not in listed]
             if missing:
                 spans = ", ".join(f"{c * chunk}..{min((c + 1) * chunk, length) - 1}" for c in missing[:5])
                 problems.append(f"{name}: {len(missing)} of {expected} chunk files are missing (steps {spans}"
@@ -502,9 +348,9 @@ class TrajectoryStore:
     def has_chunk(self, key: str, c: int) -> bool:
         """Whether the file of time-chunk `c` of data/`key` exists: one stat (local stores), against a decode
         that costs a thousand times more."""
-        key = _chunk_key(self.array(key), c)
-        if _is_local(self.path):
-            return (_local(self.path) / key).is_file()
+        key = chunk_key(self.array(key), c)
+        if is_local(self.path):
+            return (local_path(self.path) / key).is_file()
         return sync(self.group.store_path.store.exists(f"{self.group.store_path.path}/{key}".lstrip("/")))
 
     def episode(self, i: int, keys_: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -610,9 +456,9 @@ class TrajectoryStore:
     def _remove_partial_files(self) -> None:
         """zarr writes each file to `<name>.<hex>.partial` and renames it; a kill between the two leaves
         the temporary file. Only the writer (holding the lock) removes them: no other write is under way."""
-        if not _is_local(self.path):
+        if not is_local(self.path):
             return
-        for stray in _local(self.path).rglob(f"*{PARTIAL}"):
+        for stray in local_path(self.path).rglob(f"*{PARTIAL}"):
             if stray.is_file():
                 log.warning("removing %s, left by an interrupted write", stray)
                 stray.unlink(missing_ok=True)
@@ -620,7 +466,7 @@ class TrajectoryStore:
     # --- one writer at a time ---------------------------------------------------------------------
     def _acquire_lock(self) -> None:
         """An advisory lock the OS releases when the writer dies, so a killed writer never blocks the next."""
-        if not _is_local(self.path):
+        if not is_local(self.path):
             log.warning("no writer lock on remote store %s: make sure only one process appends", self.path)
             return
         # Lock the store directory itself: a lock file inside would show up as a stray zarr node.

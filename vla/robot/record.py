@@ -22,7 +22,8 @@ import logging
 import numpy as np
 
 from vla import keys
-from vla.datasets.store import StoreError, TrajectoryStore, conform, schema_difference
+from vla.datasets.store import StoreError, TrajectoryStore
+from vla.datasets.store_schema import conform, schema_difference
 
 log = logging.getLogger(__name__)
 
