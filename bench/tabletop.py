@@ -20,6 +20,13 @@ train split (fresh layouts) and on the unseen split, and `--chain-episodes` CALV
 Successes are pooled over tasks and training seeds with a 95% Wilson interval; the average chain length has
 the interval of `vla.eval_report.chain_length_interval`. Re-running with the same --out reuses the stores,
 finished runs and evaluations (an interrupted run resumes). Prints a table and, last, one JSON line.
+
+CPU budget (measured on the 2-core AMD EPYC, fp32, one torch thread): a `small` step at batch 32 costs ~2.5
+CPU-seconds on a robot batch and ~1.5 on an image-text one; an evaluation env step ~45 ms (an episode at most 200
+steps, a chain at most 150 per subtask, ending at the first failed one). The defaults (3,000 steps, one seed,
+robot and image-text, 10 episodes per task and split, 50 chains) come to ~4 CPU-hours of training and ~1.5-2 of
+evaluation: 3-4 hours on 2 idle cores. Each run writes its CPU seconds beside it (train_seconds.json,
+eval-*/bench_seconds.json).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from vla.errors import UserError, choice_error
 from vla.eval_report import chain_length_interval, wilson_interval
 from vla.evaluate import EvalConfig, evaluate
 from vla.options import HelpFormatter, check_value
-from vla.train import train
+from vla.train import summarize_init, train
 
 VARIANTS = {
     "robot": "the robot store alone",
@@ -105,8 +112,11 @@ def _train(args, robot: str, captions: str | None, variant: str, seed: int) -> t
     cfg.train.out = str(run)
     resume = (run / checkpoint.CHECKPOINT).exists()  # an interrupted run continues
     start, cpu = time.perf_counter(), time.process_time()
-    train(cfg, resume=resume, init=args.init_from if variant == "video" and not resume else None)
+    init = args.init_from if variant == "video" and not resume else None
+    result = train(cfg, resume=resume, init=init)
     seconds = time.perf_counter() - start
+    if result.init_report:  # what the pretrained run gave: matched, skipped and fresh tensors by module
+        print(f"{run.name}: init from {init}\n{summarize_init(result.init_report)}")
     # CPU seconds of this process (torch's threads included; data.num_workers 0): what the run costs on a machine
     # shared with other work, where its wall time is mostly waiting.
     timing.write_text(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "resumed": resume,
