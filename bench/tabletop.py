@@ -48,7 +48,7 @@ from vla.errors import UserError, choice_error
 from vla.eval_report import chain_length_interval, wilson_interval
 from vla.evaluate import EvalConfig, evaluate
 from vla.options import HelpFormatter, check_value
-from vla.train import summarize_init, train
+from vla.train import prepare, summarize_init, train
 
 VARIANTS = {
     "robot": "the robot store alone",
@@ -98,19 +98,19 @@ def _train(args, robot: str, captions: str | None, variant: str, seed: int) -> t
     """Train (or reuse) one variant; returns its run directory and its training time in seconds."""
     run = Path(args.out) / f"{variant}-seed{seed}"
     timing = run / "train_seconds.json"
+    cfg = _config(args, robot, captions, variant, seed, run)
+    resume = (run / checkpoint.CHECKPOINT).exists()  # an interrupted run continues, a finished one is kept
+    if resume:  # ... if it was trained as asked: another --set, --steps or weight is one line, not a stale result
+        steps = checkpoint.load_run_config(run).train.steps
+        if steps != cfg.train.steps:
+            raise UserError(f"{run} trains for {steps} steps, not --steps {cfg.train.steps}: use another --out")
+        prepare(cfg, resume=True)  # refuses, by name, any other setting that differs from the run's
+        report = run / "init_report.json"
+        began = json.loads(report.read_text())["init_from"] if report.exists() else None
+        if variant == "video" and began != args.init_from:
+            raise UserError(f"{run} started from {began}, not --init-from {args.init_from}: use another --out")
     if timing.exists():
         return str(run), json.loads(timing.read_text())["seconds"]
-    # The bench evaluates every run itself, on the same episodes: no simulator evaluation during training.
-    overrides = [f"train.steps={args.steps}", f"train.seed={seed}", "train.eval.suite=''", "train.eval.tasks=''"]
-    if variant == "image-text":
-        overrides.append(f"policy.contrastive_weight={args.contrastive_weight}")
-    cfg = load_config(args.config, [*overrides, *args.set])
-    cfg.data.stores = [StoreConfig(robot)]
-    if variant == "image-text":
-        w = args.image_text_weight
-        cfg.data.stores = [StoreConfig(robot, 1 - w), StoreConfig(captions, w)]  # shares of the batches
-    cfg.train.out = str(run)
-    resume = (run / checkpoint.CHECKPOINT).exists()  # an interrupted run continues
     start, cpu = time.perf_counter(), time.process_time()
     init = args.init_from if variant == "video" and not resume else None
     result = train(cfg, resume=resume, init=init)
@@ -123,6 +123,21 @@ def _train(args, robot: str, captions: str | None, variant: str, seed: int) -> t
                                   "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
                                   "preset": cfg.policy.preset}) + "\n")  # fmt: skip
     return str(run), seconds
+
+
+def _config(args, robot: str, captions: str | None, variant: str, seed: int, run: Path):
+    """The run config of one variant and seed: --config with the bench's settings, then --set."""
+    # The bench evaluates every run itself, on the same episodes: no simulator evaluation during training.
+    overrides = [f"train.steps={args.steps}", f"train.seed={seed}", "train.eval.suite=''", "train.eval.tasks=''"]
+    if variant == "image-text":
+        overrides.append(f"policy.contrastive_weight={args.contrastive_weight}")
+    cfg = load_config(args.config, [*overrides, *args.set])
+    cfg.data.stores = [StoreConfig(robot)]
+    if variant == "image-text":
+        w = args.image_text_weight
+        cfg.data.stores = [StoreConfig(robot, 1 - w), StoreConfig(captions, w)]  # shares of the batches
+    cfg.train.out = str(run)
+    return cfg
 
 
 # --- evaluation --------------------------------------------------------------------------------------
