@@ -37,3 +37,23 @@ def test_the_av1_export_prints_no_encoder_banner(tmp_path, capfd):
     mp4_dir, _ = bench.export_files(TrajectoryStore.open(tmp_path / "s.zarr"), camera, tmp_path)
     assert (mp4_dir / "0.mp4").stat().st_size > 0
     assert "Svt[info]" not in capfd.readouterr().err
+
+
+def test_the_tabletop_bench_refuses_bad_flags_in_one_line_before_writing_anything(tmp_path):
+    out = tmp_path / "bench"
+    cases = {
+        ("--variants", "robot,foo"): "tabletop.py: unknown variant 'foo'; valid: robot, image-text, video\n",
+        ("--train-seeds", "0,x"): "tabletop.py: --train-seeds '0,x' must be comma-separated whole numbers, e.g. 0,1\n",
+        ("--image-text-weight", "1"): "tabletop.py: --image-text-weight must be in (0.0, 0.99], got 1.0\n",
+        ("--variants", "robot,video"): "tabletop.py: the video variant needs --init-from DIR, a video-pretrained run "
+        "(vla pretrain)\n",
+        ("--set", "policy.preset=huge"): "tabletop.py: unknown policy.preset 'huge'; valid: tiny, small, gr1\n",
+        ("--steps", "many"): "tabletop.py: argument --steps: invalid int value: 'many'\n",
+    }
+    runs = {flags: subprocess.Popen([sys.executable, str(BENCH / "tabletop.py"), *flags, "--out", str(out)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH.parent)
+            for flags in cases}  # fmt: skip
+    for flags, proc in runs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert (proc.returncode, stdout, stderr) == (2, "", cases[flags]), flags
+    assert not out.exists()

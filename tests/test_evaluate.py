@@ -9,7 +9,7 @@ import pytest
 
 from vla import keys
 from vla.cli import main
-from vla.eval_report import BORDER, VIDEO_PANEL, wilson_interval
+from vla.eval_report import BORDER, VIDEO_PANEL, chain_length_interval, wilson_interval
 from vla.evaluate import EvalConfig, Setup, prepare, run_episode
 from vla.policies.base import Prediction
 
@@ -274,7 +274,45 @@ def test_chain_reports_calvin_metrics(tmp_path):
         episode["instructions"]
     )
     assert n == 5 and episode["success"]  # the scripted expert completes this chain
-    assert "Average chain length 5.00 of 5" in (out / "report.md").read_text()
+    assert chain["avg_chain_length_ci95"] == pytest.approx(list(chain_length_interval([5], 5)))
+    assert "Average chain length 5.00 of 5 (95% interval 0.84-5.00) over 1 chains" in (out / "report.md").read_text()
+
+
+def test_chain_length_interval_is_agresti_coull_for_chains_of_one():
+    """Chains of one subtask are Bernoulli trials: the interval is Agresti-Coull's, in closed form."""
+    z2 = 1.959963984540054**2
+    for successes, n in [(0, 10), (3, 10), (10, 10), (17, 40)]:
+        p = (successes + z2 / 2) / (n + z2)
+        half = 1.959963984540054 * np.sqrt(p * (1 - p) / (n + z2))
+        lengths = [1] * successes + [0] * (n - successes)
+        assert chain_length_interval(lengths, 1) == pytest.approx((max(0, p - half), min(1, p + half)))
+
+
+def test_chain_length_interval_is_not_empty_when_every_chain_ends_alike():
+    for n in (1, 10, 100):
+        for length in (0, 3, 5):
+            lo, hi = chain_length_interval([length] * n, 5)
+            assert 0 <= lo <= length <= hi <= 5 and hi - lo > 0.1
+    assert chain_length_interval([0] * 30, 5)[1] < chain_length_interval([0] * 10, 5)[1]  # narrows with chains
+
+
+@pytest.mark.parametrize("n", [30, 100])
+@pytest.mark.parametrize("probs", [[0.35, 0.25, 0.15, 0.1, 0.1, 0.05], [0.8, 0.12, 0.05, 0.02, 0.01, 0.0]])
+def test_chain_length_interval_covers_the_true_average_about_95_percent_of_the_time(n, probs):
+    """Simulated chain lengths 0..5 (a middling and a weak policy): the interval holds the true average in
+    94-98% of 2,000 draws (a t-interval: 91-94% at 30 chains)."""
+    rng = np.random.default_rng(0)
+    truth = float(np.dot(probs, np.arange(6)))
+    intervals = [chain_length_interval(rng.choice(6, size=n, p=probs).tolist(), 5) for _ in range(2000)]
+    covered = np.mean([lo <= truth <= hi for lo, hi in intervals])
+    assert 0.94 <= covered <= 0.98
+
+
+def test_chain_length_interval_refuses_lengths_outside_the_chain():
+    with pytest.raises(ValueError):
+        chain_length_interval([6], 5)
+    with pytest.raises(ValueError):
+        chain_length_interval([], 5)
 
 
 def test_a_baseline_without_videos_renders_nothing_and_plays_the_same_episodes(tmp_path):
