@@ -108,7 +108,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lo, hi = r["ci95"]
         lines.append(f"| {r['policy']} | {r['params'] / 1e6:.1f} M | {100 * r['success']:.1f}% | "
-                     f"{100 * lo:.1f}-{100 * hi:.1f}% | {r['train_s'] / 60:.1f} min | {r['steps']} | "
+                     f"{100 * lo:.1f}-{100 * hi:.1f}% | {r['train_s'] / 60:.1f} min | {r['steps'] or '-'} | "
                      f"{r['latency_ms']:.1f} ms |")  # fmt: skip
     return "\n".join(lines)
 
