@@ -22,7 +22,7 @@ import torch
 from common import describe, machine, make_policy, random_batch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vla.train import native_bf16
+from vla.train_device import native_bf16
 
 
 def sync(device: str) -> None:

@@ -159,7 +159,7 @@ def test_cli_train_prints_a_run_summary(metaworld_store, tmp_path, capsys, caplo
 def test_bf16_autocast_only_where_the_cpu_has_it(monkeypatch, caplog, amx, avx512_bf16, wanted, used):
     import torch
 
-    from vla.train import use_bf16
+    from vla.train_device import use_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)

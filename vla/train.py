@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from vla.errors import UserError, choice_error
 from vla.policies.config import resolve_gripper
 from vla.policies.vla_policy import VLAPolicy
 from vla.train_data import MixtureOrder, batches, build_data, loader_generator
+from vla.train_device import distributed, numerics, train_device, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -115,69 +115,6 @@ class TrainResult:
     val_loss: float | None = None
     success: float | None = None  # mean success of the last periodic simulator evaluation
     init_report: dict | None = None
-
-
-def _device(cfg: Config) -> torch.device:
-    """`train.device`: auto (CUDA when there is one, else the CPU) or a torch device this machine has."""
-    name = cfg.train.device
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a torch device; valid: auto, cpu, cuda, cuda:<index>") from None
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        have = torch.cuda.device_count()
-        gpus = f"{have} CUDA device{'s' if have != 1 else ''}" + (f" (cuda:0-{have - 1})" if have else "")
-        raise UserError(
-            f"train.device {name!r}: this machine has {gpus}; valid: auto, cpu" + (", cuda" if have else "")
-        )
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16. Elsewhere torch emulates bf16 and autocast slows training instead of speeding it up
-    (measured on an AMD EPYC without AVX-512: a 512x512 bf16 matmul 250 ms, fp32 6.4 ms, one thread)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        flags = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID checks
-        return any(getattr(torch.cpu, name, lambda: False)() for name in flags)
-    return True  # other backends (mps, xpu): trust autocast
-
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """`train.bf16` where the device computes bf16 natively; fp32 (with a warning) where it would only emulate it."""
-    if not cfg.train.bf16:
-        return False
-    if not native_bf16(device):
-        log.warning("train.bf16: %s has no native bfloat16 (no AMX or AVX512-BF16): training in float32, "
-                    "which is faster here", device)  # fmt: skip
-        return False
-    return True
-
-
-def numerics(device: torch.device, bf16: bool) -> str:
-    """What decides a run's float results on this machine, beside its seed: the precision, the kernels
-    (on a CPU, the instruction set torch's kernels use) and the thread count. Two machines that differ in
-    any of them train different weights from the same config (see the README's quickstart)."""
-    precision = "bfloat16 autocast" if bf16 else "float32"
-    if device.type == "cpu":
-        return (f"{precision} on the CPU, {torch.backends.cpu.get_cpu_capability()} kernels, "
-                f"{torch.get_num_threads()} threads")  # fmt: skip
-    if device.type == "cuda":
-        return f"{precision} on {torch.cuda.get_device_name(device)}"
-    return f"{precision} on {device}"
-
-
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
 # What a resume may change: how far the run goes, the directory it continues (a copy of a run resumes as
@@ -274,8 +211,8 @@ def train(
 
 def _start(cfg: Config, resume: bool, init: str | None, result: TrainResult) -> _Run:
     """The policy, optimiser and data of the run, restored from its checkpoint when resuming."""
-    rank, world = _distributed()
-    device, out = _device(cfg), Path(cfg.train.out)
+    rank, world = distributed()
+    device, out = train_device(cfg), Path(cfg.train.out)
     check_eval(cfg)
     torch.manual_seed(cfg.train.seed + rank)
     train_set, val_set, order, features, stats = build_data(cfg)
