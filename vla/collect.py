@@ -36,7 +36,7 @@ class CollectConfig:
 
     out: str = option(help="the store to write (a .zarr path or fsspec URL)")
     suite: str = option("metaworld", help="metaworld | tabletop")
-    tasks: str = option("mt10", help="a group (mt10, mt50, all) or comma-separated task names")
+    tasks: str = option("mt10", help="a group (mt10, mt50, ml45-train, ml45-test, all) or comma-separated task names")
     episodes_per_task: int = option(20, min=1, help="successful episodes to keep per task (all, with --keep-failures)")
     image_size: int = option(keys.IMAGE_SIZE, **keys.STORE_IMAGE_SIZES, help="square image side in pixels")
     cameras: str | None = option(None, help="comma-separated cameras (default: the suite's)")

@@ -21,8 +21,8 @@ class EvalConfig:
     suite: str | None = option(None, help="metaworld | tabletop (default: a checkpoint's own, its run's "
                                "train.eval.suite or else the suite with its cameras; metaworld for zero and "
                                "expert)")  # fmt: skip
-    tasks: str | None = option(None, help="a group (mt10, mt50, all) or comma-separated task names; none only "
-                               "with --chain")  # fmt: skip
+    tasks: str | None = option(None, help="a group (mt10, mt50, ml45-train, ml45-test, all) or comma-separated "
+                               "task names; none only with --chain")  # fmt: skip
     episodes: int = option(10, min=1, help="episodes per task (chains, with --chain)")
     workers: int = option(1, min=1, help="parallel simulator processes")
     split: str | None = option(None, help="scene split (default: the suite's scenes never collected: metaworld "

@@ -45,7 +45,7 @@ import gymnasium as gym
 import metaworld
 import mujoco
 import numpy as np
-from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3, MT50_V3
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML45_V3, MT10_V3, MT50_V3
 from metaworld.policies import ENV_POLICY_MAP
 
 from vla import keys
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 MT10 = list(MT10_V3)
 MT50 = list(MT50_V3)
+# Meta-World's meta-learning split (Yu et al. 2019, ML45): 45 train tasks, 5 test tasks that share none of their
+# objects' motions. Video of the train tasks, robot data of the test tasks: transfer to tasks never seen.
+ML45_TRAIN = list(ML45_V3["train"])
+ML45_TEST = list(ML45_V3["test"])
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 DEFAULT_CAMERAS = ("corner",)
 # Mounted upside down in Meta-World's XML (image-up points at the floor): rotate these by 180 degrees.
@@ -286,14 +290,14 @@ class MetaWorldExpert:
 
 
 class MetaWorldSuite:
-    """Meta-World MT10/MT50 as a `vla.envs.suite.Suite`."""
+    """Meta-World (groups MT10, MT50 and ML45's train and test tasks) as a `vla.envs.suite.Suite`."""
 
     name = "metaworld"
     cameras = CAMERAS
     default_cameras = DEFAULT_CAMERAS
     splits = tuple(SPLIT_VARIANTS)  # train: variants 0-39 (collection), unseen: 40-49 (evaluation)
     eval_split = "unseen"
-    groups = {"mt10": MT10, "mt50": MT50}
+    groups = {"mt10": MT10, "mt50": MT50, "ml45-train": ML45_TRAIN, "ml45-test": ML45_TEST}
 
     def describe_split(self, split: str) -> str:
         """What a split's scenes are, for evaluation reports."""
