@@ -30,7 +30,7 @@ from vla import checkpoint
 from vla.collect import CollectConfig, collect
 from vla.config import StoreConfig, load_config
 from vla.envs import get_suite, resolve_tasks
-from vla.errors import UserError
+from vla.errors import UserError, choice_error
 from vla.eval_report import wilson_interval
 from vla.evaluate import EvalConfig, evaluate
 from vla.options import HelpFormatter, check_value
@@ -145,7 +145,7 @@ def _args() -> argparse.Namespace:
     try:
         for setting in args.settings:
             if setting not in SETTINGS:
-                raise UserError(f"setting {setting!r} is not one of {', '.join(SETTINGS)}")
+                raise choice_error("setting", setting, SETTINGS)
         try:
             args.train_seeds = [int(s) for s in args.train_seeds.split(",")]
         except ValueError:
@@ -153,8 +153,9 @@ def _args() -> argparse.Namespace:
             raise UserError(f"--train-seeds {seeds!r} must be comma-separated whole numbers, e.g. 0,1") from None
         for flag in ("clips", "demos", "pretrain_steps", "steps", "episodes", "max_steps", "workers"):
             check_value(f"--{flag.replace('_', '-')}", getattr(args, flag), min=1)
-        for seed in (*args.train_seeds, args.seed):
-            check_value("seed", seed, min=0)
+        for seed in args.train_seeds:
+            check_value("--train-seeds", seed, min=0)
+        check_value("--seed", args.seed, min=0)
         _check_tasks(args)
         if args.init_from and not (Path(args.init_from) / checkpoint.CHECKPOINT).exists():
             raise UserError(f"--init-from {args.init_from} is not a run directory with a {checkpoint.CHECKPOINT}/")

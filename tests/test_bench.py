@@ -57,3 +57,26 @@ def test_the_tabletop_bench_refuses_bad_flags_in_one_line_before_writing_anythin
         stdout, stderr = proc.communicate(timeout=300)
         assert (proc.returncode, stdout, stderr) == (2, "", cases[flags]), flags
     assert not out.exists()
+
+
+def test_the_transfer_bench_refuses_bad_flags_in_one_line_before_writing_anything(tmp_path):
+    out = tmp_path / "bench"
+    cases = {
+        ("--settings", "seen,foo"): "pretrain_transfer.py: unknown setting 'foo'; valid: seen, unseen\n",
+        ("--seen-tasks", "reach-v3,bin-picking-v3"): "pretrain_transfer.py: --seen-tasks bin-picking-v3 not in "
+        "--video-tasks ml45-train\n",
+        ("--unseen-tasks", "door-lock-v3,reach-v3"): "pretrain_transfer.py: --unseen-tasks reach-v3 in --video-tasks "
+        "ml45-train\n",
+        ("--train-seeds", "0,x"): "pretrain_transfer.py: --train-seeds '0,x' must be comma-separated whole numbers, "
+        "e.g. 0,1\n",
+        ("--init-from", str(tmp_path)): f"pretrain_transfer.py: --init-from {tmp_path} is not a run directory with a "
+        "checkpoint/\n",
+        ("--episodes", "0"): "pretrain_transfer.py: --episodes must be >= 1, got 0\n",
+    }
+    runs = {flags: subprocess.Popen([sys.executable, str(BENCH / "pretrain_transfer.py"), *flags, "--out", str(out)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH.parent)
+            for flags in cases}  # fmt: skip
+    for flags, proc in runs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert (proc.returncode, stdout, stderr) == (2, "", cases[flags]), flags
+    assert not out.exists()

@@ -9,7 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from vla import keys
-from vla.envs import episode_seed, get_suite
+from vla.envs import episode_seed, get_suite, resolve_tasks
 from vla.envs.meta_world import CAMERAS, INSTRUCTIONS, MT10, MT50, MetaWorldEnv, MetaWorldExpert
 from vla.errors import UserError
 
@@ -35,6 +35,14 @@ def test_groups_are_metaworld_benchmarks(suite):
     assert {"reach-v3", "push-v3", "pick-place-v3", "drawer-close-v3"} <= set(MT10)
     assert suite.splits == ("train", "unseen") and suite.eval_split == "unseen"
     assert set(suite.default_cameras) <= set(suite.cameras)
+
+
+def test_ml45_groups_are_metaworlds_meta_learning_split(suite):
+    train, test = suite.groups["ml45-train"], suite.groups["ml45-test"]
+    assert len(train) == 45 and set(test) == {"bin-picking-v3", "box-close-v3", "hand-insert-v3", "door-lock-v3",
+                                              "door-unlock-v3"}  # fmt: skip
+    assert not set(train) & set(test) and set(train) | set(test) == set(suite.groups["mt50"])
+    assert resolve_tasks(suite, "ml45-test") == test
 
 
 def test_every_task_has_phrasings_and_an_expert(suite):
