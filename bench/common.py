@@ -3,13 +3,17 @@ machine was doing while a benchmark ran."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from vla import keys
+from vla.options import HelpFormatter
 from vla.policies.config import PolicyConfig, with_preset
 from vla.policies.vla_policy import VLAPolicy
 
@@ -75,3 +79,26 @@ def describe(info: dict) -> str:
     """One line for the table's header: `AMD EPYC, 2 cores, 2 torch threads, load 0.4 -> 1.2`."""
     load = info["load_1min"] if "load_after" not in info else f"{info['load_1min']} -> {info['load_after']}"
     return f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, load {load}"
+
+
+class _DocFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """vla's help (every flag's default) with the docstring's commands laid out as written."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, as every vla command: no usage block
+        fail(message)
+
+
+def fail(message: str) -> None:
+    """A bad flag or setting: one line naming it on stderr, exit status 2, nothing written."""
+    print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A bench's parser: its docstring's first paragraph as the description, the rest as the epilog, and
+    argparse's own errors (a bad int, an unknown flag) as one line through `fail`."""
+    first = doc.split("\n\n")[0]
+    return _OneLineParser(description=" ".join(first.split()), formatter_class=_DocFormatter,
+                          epilog=doc[len(first):])  # fmt: skip

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+
+from common import bench_parser, fail
 
 from vla import checkpoint
 from vla.collect import CollectConfig, collect
@@ -33,27 +34,13 @@ from vla.envs import get_suite, resolve_tasks
 from vla.errors import UserError, choice_error
 from vla.eval_report import wilson_interval
 from vla.evaluate import EvalConfig, evaluate
-from vla.options import HelpFormatter, check_value
+from vla.options import check_value
 from vla.train import summarize_init, train
 
 SEEN = "drawer-open-v3,door-open-v3,window-open-v3,button-press-topdown-v3"  # ML45 train tasks (and MT10)
 SETTINGS = {"seen": "finetuning tasks whose video was pretrained on", "unseen": "tasks whose video never was"}
 STARTS = ("pretrained", "scratch")
 DEMO_SEED = 1  # other seeds than the clips (seed 0): no demonstration is a clip with its actions put back
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
-    """vla's help (every flag's default) with the docstring's commands laid out as written."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as every vla command: no usage block
-        _fail(message)
-
-
-def _fail(message: str) -> None:
-    print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # --- runs --------------------------------------------------------------------------------------------
@@ -119,9 +106,7 @@ def _separated(pretrained: dict, scratch: dict) -> bool:
 
 # --- the bench ---------------------------------------------------------------------------------------
 def _args() -> argparse.Namespace:
-    first = __doc__.split("\n\n")[0]
-    parser = _Parser(description=" ".join(first.split()), formatter_class=_Formatter,
-                     epilog=__doc__[len(first):])  # fmt: skip
+    parser = bench_parser(__doc__)
     parser.add_argument("--settings", default="seen,unseen", help=f"comma list of {', '.join(SETTINGS)}")
     parser.add_argument("--video-tasks", default="ml45-train", help="tasks whose action-free clips are pretrained on")
     parser.add_argument("--clips", type=int, default=10, help="video clips per video task")
@@ -163,7 +148,7 @@ def _args() -> argparse.Namespace:
             raise UserError(f"--config {args.config} is not a file")
         load_config(args.config, [f"policy.preset={args.preset}", *args.set])  # a bad --set is told now
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     return args
 
 
@@ -200,7 +185,7 @@ def main() -> None:
             results[setting]["separated"] = _separated(results[setting]["pretrained"], results[setting]["scratch"])
             times[f"{setting}_s"] = time.perf_counter() - start
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     _print(args, pretrained, results)
     print(json.dumps({"video_tasks": args.video_tasks, "clips_per_task": None if args.init_from else args.clips,
                       "pretrained": pretrained, "pretrain_steps": None if args.init_from else args.pretrain_steps,

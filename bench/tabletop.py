@@ -34,11 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-from common import describe, machine
+from common import bench_parser, describe, fail, machine
 
 from vla import checkpoint
 from vla.collect import CollectConfig, collect
@@ -47,7 +46,7 @@ from vla.config import StoreConfig, load_config
 from vla.errors import UserError, choice_error
 from vla.eval_report import chain_length_interval, wilson_interval
 from vla.evaluate import EvalConfig, evaluate
-from vla.options import HelpFormatter, check_value
+from vla.options import check_value
 from vla.train import prepare, summarize_init, train
 
 VARIANTS = {
@@ -57,20 +56,6 @@ VARIANTS = {
 }
 SPLITS = ("train", "unseen")  # each evaluated on all 11 tasks
 IMAGE_TEXT_SEED = 1  # other scenes than the robot demonstrations' (collect seed 0): more layouts to describe
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
-    """vla's help (every flag's default) with the docstring's commands and variants laid out as written."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as every vla command: no usage block
-        _fail(message)
-
-
-def _fail(message: str) -> None:
-    print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -193,9 +178,7 @@ def _result(reports: dict[str, list[dict]], seconds: list[float]) -> dict:
 
 # --- the bench ---------------------------------------------------------------------------------------
 def _args() -> argparse.Namespace:
-    first = __doc__.split("\n\n")[0]
-    parser = _Parser(description=" ".join(first.split()), formatter_class=_Formatter,
-                     epilog=__doc__[len(first):])  # fmt: skip
+    parser = bench_parser(__doc__)
     parser.add_argument("--variants", default="robot,image-text", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--train-seeds", default="0", help="training seeds (comma list), every variant once per seed")
     parser.add_argument("--demos", type=int, default=50, help="expert demonstrations of each of the 11 tasks")
@@ -220,11 +203,11 @@ def _args() -> argparse.Namespace:
     variants = args.variants.split(",")
     for variant in variants:
         if variant not in VARIANTS:
-            _fail(str(choice_error("variant", variant, VARIANTS)))
+            fail(str(choice_error("variant", variant, VARIANTS)))
     try:
         args.train_seeds = [int(s) for s in args.train_seeds.split(",")]
     except ValueError:
-        _fail(f"--train-seeds {args.train_seeds!r} must be comma-separated whole numbers, e.g. 0,1")
+        fail(f"--train-seeds {args.train_seeds!r} must be comma-separated whole numbers, e.g. 0,1")
     try:
         for seed in args.train_seeds:
             check_value("--train-seeds", seed, min=0)
@@ -237,19 +220,19 @@ def _args() -> argparse.Namespace:
         if args.max_steps is not None:
             check_value("--max-steps", args.max_steps, min=1)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if "video" in variants and args.init_from is None:
-        _fail("the video variant needs --init-from DIR, a video-pretrained run (vla pretrain)")
+        fail("the video variant needs --init-from DIR, a video-pretrained run (vla pretrain)")
     if args.init_from is not None and "video" not in variants:
-        _fail(f"--init-from {args.init_from} is for the video variant; add video to --variants {args.variants}")
+        fail(f"--init-from {args.init_from} is for the video variant; add video to --variants {args.variants}")
     if args.init_from and not (Path(args.init_from) / checkpoint.CHECKPOINT).exists():
-        _fail(f"--init-from {args.init_from} is not a run directory with a {checkpoint.CHECKPOINT}/")
+        fail(f"--init-from {args.init_from} is not a run directory with a {checkpoint.CHECKPOINT}/")
     if not Path(args.config).is_file():
-        _fail(f"--config {args.config} is not a file")
+        fail(f"--config {args.config} is not a file")
     try:  # a bad --set is told now, not after the stores are collected
         args.cfg = load_config(args.config, [f"train.steps={args.steps}", *args.set])
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     args.variants = variants
     return args
 
@@ -271,7 +254,7 @@ def main() -> None:
                     reports[variant][split or "chain"].append(_evaluate(args, run, f"{variant}-seed{seed}", split))
         times["train_and_eval_s"] = time.perf_counter() - start
     except UserError as e:  # a bad --set, a store of another recipe, ...: one line
-        _fail(str(e))
+        fail(str(e))
     results = {v: _result(reports[v], seconds[v]) for v in args.variants}
     cfg = args.cfg
     _print(args, cfg, results, {**info, "load_after": round(os.getloadavg()[0], 2)})

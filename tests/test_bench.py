@@ -50,13 +50,7 @@ def test_the_tabletop_bench_refuses_bad_flags_in_one_line_before_writing_anythin
         ("--set", "policy.preset=huge"): "tabletop.py: unknown policy.preset 'huge'; valid: tiny, small, gr1\n",
         ("--steps", "many"): "tabletop.py: argument --steps: invalid int value: 'many'\n",
     }
-    runs = {flags: subprocess.Popen([sys.executable, str(BENCH / "tabletop.py"), *flags, "--out", str(out)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH.parent)
-            for flags in cases}  # fmt: skip
-    for flags, proc in runs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert (proc.returncode, stdout, stderr) == (2, "", cases[flags]), flags
-    assert not out.exists()
+    _assert_refused("tabletop.py", cases, out)
 
 
 def test_the_transfer_bench_refuses_bad_flags_in_one_line_before_writing_anything(tmp_path):
@@ -73,7 +67,13 @@ def test_the_transfer_bench_refuses_bad_flags_in_one_line_before_writing_anythin
         "checkpoint/\n",
         ("--episodes", "0"): "pretrain_transfer.py: --episodes must be >= 1, got 0\n",
     }
-    runs = {flags: subprocess.Popen([sys.executable, str(BENCH / "pretrain_transfer.py"), *flags, "--out", str(out)],
+    _assert_refused("pretrain_transfer.py", cases, out)
+
+
+def _assert_refused(script: str, cases: dict, out) -> None:
+    """Each case's flags (run at once, in parallel) exit 2 with exactly its one line on stderr, and nothing
+    is written under --out."""
+    runs = {flags: subprocess.Popen([sys.executable, str(BENCH / script), *flags, "--out", str(out)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH.parent)
             for flags in cases}  # fmt: skip
     for flags, proc in runs.items():
