@@ -64,7 +64,10 @@ def test_rerun_is_a_no_op(collected):
     "args, message",
     [
         (["--suite", "dmc"], "unknown suite 'dmc'; valid: metaworld, tabletop"),
-        (["--tasks", "reach-v3,fly-v3"], "unknown metaworld task 'fly-v3'; valid: mt10, mt50, all, "),
+        (
+            ["--tasks", "reach-v3,fly-v3"],
+            "unknown metaworld task 'fly-v3'; valid: mt10, mt50, ml45-train, ml45-test, all, ",
+        ),
         (["--cameras", "ceiling"], "unknown metaworld camera 'ceiling'; valid: "),
         (["--episodes-per-task", "0"], "--episodes-per-task must be >= 1"),
     ],

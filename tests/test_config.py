@@ -103,7 +103,10 @@ def _no_cuda_here() -> str:
         ("train.device=gpu", "train.device 'gpu' is not a torch device; valid: auto, cpu, cuda, cuda:<index>"),
         ("train.batch_size=100000", "training windows are fewer than one batch of 100000"),
         ("train.eval.suite=mujoco", "unknown train.eval.suite 'mujoco'; valid: '' (none), metaworld, tabletop"),
-        ("train.eval.suite=metaworld", "train.eval.tasks is empty; valid: mt10, mt50, all or metaworld tasks"),
+        (
+            "train.eval.suite=metaworld",
+            "train.eval.tasks is empty; valid: mt10, mt50, ml45-train, ml45-test, all or metaworld tasks",
+        ),
         ("train.eval.tasks=reach-v3", "train.eval.tasks 'reach-v3' needs train.eval.suite"),
         ("policy.patch_size=7", "image size 32 is not a multiple of the patch size 7"),
         ("policy.n_action_steps=5", "policy.n_action_steps must be <= policy.chunk (4), got 5"),

@@ -232,7 +232,7 @@ def test_episode_ends_a_few_steps_after_success():
     "args, message",
     [
         (["--suite", "dmc", "--tasks", "reach-v3"], "unknown suite 'dmc'; valid: metaworld, tabletop"),
-        (["--tasks", "fly-v3"], "unknown metaworld task 'fly-v3'; valid: mt10, mt50, all, "),
+        (["--tasks", "fly-v3"], "unknown metaworld task 'fly-v3'; valid: mt10, mt50, ml45-train, ml45-test, all, "),
         (["--tasks", "reach-v3", "--split", "test"], "unknown metaworld split 'test'; valid: train, unseen"),
         (["--tasks", "reach-v3", "--episodes", "0"], "--episodes must be >= 1, got 0"),
         (["--tasks", "reach-v3", "--chain"], "--chain needs a suite with instruction chains; metaworld has none"),
