@@ -5,7 +5,8 @@ image against the same captions under another scene's image, and caption -> imag
     python bench/caption_ablation.py --train data/tt-captions.zarr --heldout data/tt-heldout.zarr \
         --variants caption,shuffled,contrastive --steps 400 --preset small
 
-Variants (each a policy trained in this process, fp32, from the same initial weights and batch order):
+Variants (each a policy trained in this process, fp32, from the same initial weights and batch order, on
+`--device`):
 
     caption      captioning alone (the text loss), the README's recipe
     shuffled     captioning with every training caption under a random other image: the control; what it
@@ -50,12 +51,12 @@ def load_pairs(path: str, key: str | None = None) -> tuple[np.ndarray, list[str]
     return frames, [str(t) for t in store.meta(keys.INSTRUCTION)], store.meta(keys.SEED)
 
 
-def make_policy(store: str, preset: str, seed: int, **policy) -> VLAPolicy:
+def make_policy(store: str, preset: str, seed: int, device: str = "cpu", **policy) -> VLAPolicy:
     cfg = load_config(overrides=[f"policy.preset={preset}", "policy.history=1", "train.bf16=false"])
     cfg.data.stores = [StoreConfig(store)]
     _, _, _, features, stats = build_data(cfg)
     torch.manual_seed(seed)
-    return VLAPolicy(replace(cfg.policy, features=features, **policy), stats)
+    return VLAPolicy(replace(cfg.policy, features=features, **policy), stats).to(device)
 
 
 def train_variant(policy: VLAPolicy, data, variant: str, steps: int, batch: int, lr: float, seed: int) -> float:
@@ -69,7 +70,8 @@ def train_variant(policy: VLAPolicy, data, variant: str, steps: int, batch: int,
     start = time.perf_counter()
     for step in range(steps):
         idx = rng.choice(len(captions), batch, replace=False)
-        b = {key: torch.as_tensor(frames[shown[idx]])[:, None], keys.CAPTION: [captions[i] for i in idx]}
+        b = {key: torch.as_tensor(frames[shown[idx]])[:, None].to(policy._device()),
+             keys.CAPTION: [captions[i] for i in idx]}  # fmt: skip
         loss, metrics = policy(b)
         opt.zero_grad()
         loss.backward()
@@ -98,7 +100,8 @@ def caption_nll(policy: VLAPolicy, frames: np.ndarray, captions: list[str], batc
     """Mean next-token cross-entropy (nats per token) of `captions` under `frames` (one per caption)."""
     key, total, count = policy.image_keys[0], 0.0, 0
     for i in range(0, len(captions), batch):
-        b = {key: torch.as_tensor(frames[i : i + batch])[:, None], keys.CAPTION: captions[i : i + batch]}
+        b = {key: torch.as_tensor(frames[i : i + batch])[:, None].to(policy._device()),
+             keys.CAPTION: captions[i : i + batch]}  # fmt: skip
         n = len(b[keys.CAPTION])
         total += float(policy._text_loss(b)) * n
         count += n
@@ -138,7 +141,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="policy field=value for every variant")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) or a torch device")
     args = parser.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     train, held = load_pairs(args.train), load_pairs(args.heldout)
     data = describe_data(args.train, args.heldout)
@@ -147,7 +152,7 @@ def main() -> None:
           f"colours per caption; median visible pixels per object: {data['median_pixels']}", flush=True)  # fmt: skip
     rows = []
     for variant in args.variants.split(","):
-        policy = make_policy(args.train, args.preset, args.seed, **{**VARIANTS[variant], **extra})
+        policy = make_policy(args.train, args.preset, args.seed, device, **{**VARIANTS[variant], **extra})
         seconds = train_variant(policy, train, variant, args.steps, args.batch, args.lr, args.seed)
         rows.append({"variant": variant, "after": evaluate(policy, held, args.heldout), "seconds": seconds})
         print(json.dumps(rows[-1]), flush=True)

@@ -34,14 +34,14 @@ from vla.policies.vla_policy import VLAPolicy
 def caption_scores(policy: VLAPolicy, frames: np.ndarray, captions: list[str]) -> np.ndarray:
     """log p(caption | scene image) for every caption under every scene: frames (S, H, W, 3) uint8 ->
     (C, S). The image tokens are encoded once; each caption is scored against all S images in one batch."""
-    images = torch.as_tensor(frames)[:, None]
+    images = torch.as_tensor(frames)[:, None].to(policy._device())
     lang, obs = policy._caption_inputs({policy.image_keys[0]: images})
     tokenizer, out = policy.language.tokenizer, np.zeros((len(captions), len(frames)))
     for c, text in enumerate(captions):
         ids = tokenizer([text], return_tensors="pt", truncation=True, max_length=policy.config.max_text_len + 1)
-        ids = ids["input_ids"].expand(len(frames), -1)
+        ids = ids["input_ids"].to(policy._device()).expand(len(frames), -1)
         logits = policy.model.text.logits(policy.model.text_states(lang, obs, ids[:, :-1])).float()
-        out[c] = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0].sum(1).numpy()
+        out[c] = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0].sum(1).cpu().numpy()
     return out
 
 
@@ -51,10 +51,10 @@ def contrastive_scores(policy: VLAPolicy, frames: np.ndarray, captions: list[str
     head = policy.model.contrastive
     if head is None:
         return None
-    lang, obs = policy._caption_inputs({policy.image_keys[0]: torch.as_tensor(frames)[:, None]})
-    cls = torch.full((len(frames), 1), policy.language.tokenizer.cls_token_id)
+    lang, obs = policy._caption_inputs({policy.image_keys[0]: torch.as_tensor(frames)[:, None].to(policy._device())})
+    cls = torch.full((len(frames), 1), policy.language.tokenizer.cls_token_id, device=policy._device())
     _, image = policy.model.image_text_states(lang, obs, cls)  # the image tokens never read the text
-    return head.similarity(image.mean(1), policy._lang(captions)).T.float().numpy()
+    return head.similarity(image.mean(1), policy._lang(captions)).T.float().cpu().numpy()
 
 
 def retrieval(scores: np.ndarray, own: np.ndarray) -> dict:

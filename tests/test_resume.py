@@ -127,6 +127,20 @@ def test_resume_applies_or_refuses_each_setting_by_name(short_run):
         train(shorter, resume=True, progress=False, given=["train.steps", "train.out"])
 
 
+def test_the_runs_stores_by_another_path_resume_and_other_stores_do_not(short_run, tmp_path):
+    run, store = short_run / "run", short_run / "demos.zarr"
+    (tmp_path / "link.zarr").symlink_to(store, target_is_directory=True)
+    same = tiny_config(tmp_path / "link.zarr", run, steps=4)  # a symlink to the run's own store
+    assert prepare(same, resume=True).data.stores[0].path == str(store)  # the run keeps its own path
+    shutil.copytree(store, tmp_path / "copy.zarr")  # equal data, but another store
+    with pytest.raises(UserError, match=r"cannot change data.stores \("):
+        prepare(tiny_config(tmp_path / "copy.zarr", run, steps=4), resume=True)
+    other_weight = tiny_config(store, run, steps=4)
+    other_weight.data.stores[0].weight = 0.5
+    with pytest.raises(UserError, match=r"cannot change data.stores \("):
+        prepare(other_weight, resume=True)
+
+
 def test_what_decides_the_numbers_is_pinned_or_said():
     # MKL's strict reproducible mode, set by importing vla before torch computes: float32 products that do
     # not round with their operands' memory alignment, which differs between a run and its resumption.

@@ -128,6 +128,18 @@ def _may_change(key: str) -> bool:
     return key in RESUME_MAY_CHANGE or key.startswith("train.eval.")
 
 
+def _same(key: str, new, old) -> bool:
+    """Whether a setting is unchanged; the run's stores reached by another local path (a symlink, a relative
+    path) are the same stores."""
+    if key == "data.stores" and new != old and len(new) == len(old):
+        return all(n.weight == o.weight and _real(n.path) == _real(o.path) for n, o in zip(new, old))
+    return new == old
+
+
+def _real(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
 def prepare(cfg: Config, resume: bool, given: list[str] | None = None) -> Config:
     """The config a run trains with. A new run: `cfg`, in a directory without a checkpoint. A resume: the
     run's own config from the checkpoint in `cfg.train.out` (the directory given, which may be a copy),
@@ -147,7 +159,7 @@ def prepare(cfg: Config, resume: bool, given: list[str] | None = None) -> Config
     for key in field_keys() if given is None else given:
         new, old = get_field(cfg, key), get_field(saved, key)
         filled_by_training = key == "policy.features" or (key == "policy.gripper" and new == "auto")
-        if new != old and not filled_by_training and key != "train.out":
+        if not _same(key, new, old) and not filled_by_training and key != "train.out":
             changes[key] = (old, new)
     refused = [f"{k} ({old!r} in the run, {new!r} here)" for k, (old, new) in changes.items() if not _may_change(k)]
     if refused:
