@@ -28,13 +28,16 @@ import numpy as np
 import torch
 import yaml
 from caption_grounding import grounding
+from common import fail
 
 from vla import keys
 from vla.config import StoreConfig, load_config
 from vla.datasets.store import TrajectoryStore
+from vla.errors import UserError
 from vla.grounding import derangement
 from vla.policies.vla_policy import VLAPolicy
 from vla.train_data import build_data
+from vla.train_device import train_device
 
 VARIANTS = {
     "caption": dict(contrastive_weight=0.0),
@@ -51,7 +54,7 @@ def load_pairs(path: str, key: str | None = None) -> tuple[np.ndarray, list[str]
     return frames, [str(t) for t in store.meta(keys.INSTRUCTION)], store.meta(keys.SEED)
 
 
-def make_policy(store: str, preset: str, seed: int, device: str = "cpu", **policy) -> VLAPolicy:
+def make_policy(store: str, preset: str, seed: int, device: torch.device | str = "cpu", **policy) -> VLAPolicy:
     cfg = load_config(overrides=[f"policy.preset={preset}", "policy.history=1", "train.bf16=false"])
     cfg.data.stores = [StoreConfig(store)]
     _, _, _, features, stats = build_data(cfg)
@@ -143,7 +146,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="policy field=value for every variant")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) or a torch device")
     args = parser.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:  # the same rules and one-line errors as train.device
+        device = train_device(load_config(overrides=[f"train.device={args.device}"]))
+    except UserError as e:
+        fail(str(e).replace("train.device", "--device"))
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     train, held = load_pairs(args.train), load_pairs(args.heldout)
     data = describe_data(args.train, args.heldout)

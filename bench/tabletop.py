@@ -47,7 +47,8 @@ from vla.errors import UserError, choice_error
 from vla.eval_report import chain_length_interval, wilson_interval
 from vla.evaluate import EvalConfig, evaluate
 from vla.options import check_value
-from vla.train import prepare, summarize_init, train
+from vla.resume import prepare
+from vla.train import summarize_init, train
 
 VARIANTS = {
     "robot": "the robot store alone",

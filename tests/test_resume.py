@@ -15,7 +15,8 @@ from vla import checkpoint
 from vla.config import StoreConfig, given_keys, load_config, read_tree
 from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError
-from vla.train import prepare, train
+from vla.resume import prepare
+from vla.train import train
 from vla.train_device import numerics
 
 STEPS, STOP = 60, 40
