@@ -28,16 +28,14 @@ import numpy as np
 import torch
 import yaml
 from caption_grounding import grounding
-from common import fail
+from common import bench_device
 
 from vla import keys
 from vla.config import StoreConfig, load_config
 from vla.datasets.store import TrajectoryStore
-from vla.errors import UserError
 from vla.grounding import derangement
 from vla.policies.vla_policy import VLAPolicy
 from vla.train_data import build_data
-from vla.train_device import train_device
 
 VARIANTS = {
     "caption": dict(contrastive_weight=0.0),
@@ -146,10 +144,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="policy field=value for every variant")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) or a torch device")
     args = parser.parse_args()
-    try:  # the same rules and one-line errors as train.device
-        device = train_device(load_config(overrides=[f"train.device={args.device}"]))
-    except UserError as e:
-        fail(str(e).replace("train.device", "--device"))
+    device = bench_device(args.device)
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     train, held = load_pairs(args.train), load_pairs(args.heldout)
     data = describe_data(args.train, args.heldout)

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 
 from vla import keys
+from vla.config import load_config
+from vla.errors import UserError
 from vla.options import HelpFormatter
 from vla.policies.config import PolicyConfig, with_preset
 from vla.policies.vla_policy import VLAPolicy
+from vla.train_device import train_device
 
 CAMERA = keys.image_key("corner")
 FEATURES = {
@@ -94,6 +97,15 @@ def fail(message: str) -> None:
     """A bad flag or setting: one line naming it on stderr, exit status 2, nothing written."""
     print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def bench_device(name: str) -> torch.device:
+    """A bench's `--device`: auto (CUDA when there is one, else the CPU) or a torch device this machine has,
+    under train.device's rules and one-line errors."""
+    try:
+        return train_device(load_config(overrides=[f"train.device={name}"]))
+    except UserError as e:
+        fail(str(e).replace("train.device", "--device"))
 
 
 def bench_parser(doc: str) -> argparse.ArgumentParser:

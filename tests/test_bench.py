@@ -80,3 +80,39 @@ def _assert_refused(script: str, cases: dict, out) -> None:
         stdout, stderr = proc.communicate(timeout=300)
         assert (proc.returncode, stdout, stderr) == (2, "", cases[flags]), flags
     assert not out.exists()
+
+
+def test_language_reliance_changes_only_the_instruction(metaworld_store, tmp_path, monkeypatch, capsys):
+    """With the instruction cut off (its projection zeroed, no FiLM) every substitute scores the own
+    instruction's loss exactly; with it, another task's instruction changes the loss."""
+    import torch
+
+    from tests.conftest import tiny_config
+    from vla import checkpoint
+    from vla.train import train
+
+    cfg = tiny_config(metaworld_store, tmp_path / "run", steps=1)
+    cfg.data.val_fraction = 0.5  # one of each task's two episodes
+    run = train(cfg, progress=False).out
+    spec = importlib.util.spec_from_file_location("language_reliance", BENCH / "language_reliance.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec.loader.exec_module(bench)
+    loaded = checkpoint.load_policy
+
+    def deaf(*args, **kw):
+        policy = loaded(*args, **kw)
+        with torch.no_grad():
+            policy.model.lang_proj.weight.zero_()
+            policy.model.lang_proj.bias.zero_()
+        return policy
+
+    heard = bench.main(["--policy", str(run), "--windows", "8", "--device", "cpu"])
+    monkeypatch.setattr(bench.checkpoint, "load_policy", deaf)
+    cut = bench.main(["--policy", str(run), "--windows", "8", "--device", "cpu"])
+    assert set(cut["loss"]) == {"reach-v3", "drawer-close-v3"}
+    for losses in cut["loss"].values():
+        assert losses["own"] == losses["same-task"] == losses["other-task"] == losses["empty"]
+    for losses in heard["loss"].values():
+        assert losses["own"] != losses["other-task"]
+    assert capsys.readouterr().out.splitlines()[-1].startswith('{"policy"')

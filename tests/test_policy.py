@@ -20,10 +20,12 @@ from vla.policies.vla_policy import VLAPolicy
 from vla.train import train
 
 
-def make_policy(store_path, tmp_path):
+def make_policy(store_path, tmp_path, **policy_fields):
     store = TrajectoryStore.open(store_path)
     cfg = tiny_config(store_path, tmp_path / "run")
     cfg.policy.features = {k: s.to_json() for k, s in store.specs.items()}
+    for name, value in policy_fields.items():
+        setattr(cfg.policy, name, value)
     torch.manual_seed(0)
     return VLAPolicy(cfg.policy, get_stats(store)), store
 
@@ -95,17 +97,26 @@ def test_a_loaded_policy_acts_on_known_instructions_without_loading_the_language
         load_policy(tmp_path / "ckpt")
 
 
-def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path):
-    policy, store = make_policy(metaworld_store, tmp_path)
+@pytest.mark.parametrize("vision_film", [False, True])
+def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path, vision_film):
+    """Also across a change of instruction mid-episode: the cache is rebuilt from the history (with FiLM,
+    the past frames' tokens are encoded again under the new instruction)."""
+    policy, store = make_policy(metaworld_store, tmp_path, vision_film=vision_film)
     policy.eval()
+    assert all((encoder.film is not None) == vision_film for encoder in policy.model.vision.values())
+    for encoder in policy.model.vision.values():
+        if encoder.film is not None:  # as if trained: the instruction changes the image tokens
+            torch.nn.init.normal_(encoder.film.weight, std=0.5)
     episode = store.episode(1)
-    chunks = {}
+    instructions = ["close it"] * 5 + ["a new instruction"] * 3
+    readouts = {}  # compared before the action head: an untrained head's actions hardly differ at all
     for streaming in (True, False):
         policy.streaming = streaming
         policy.reset()
-        chunks[streaming] = [policy.predict({k: episode[k][t] for k in episode}, "close it").actions for t in range(7)]
-        policy.predict({k: episode[k][7] for k in episode}, "a new instruction")  # rebuilds the cache
-    np.testing.assert_allclose(np.stack(chunks[True]), np.stack(chunks[False]), atol=1e-4)
+        readouts[streaming] = torch.cat([
+            policy._take({k: episode[k][t] for k in episode}, text, readout=True) for t, text in enumerate(instructions)
+        ])  # fmt: skip
+    torch.testing.assert_close(readouts[True], readouts[False], atol=1e-4, rtol=1e-4)
 
 
 def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
@@ -173,8 +184,9 @@ def test_flow_matching_head_learns_and_samples(metaworld_store, tmp_path):
     def sampling_error() -> float:
         """How far chunks integrated from noise land from the batch's own actions (normalised units)."""
         with torch.no_grad():
-            obs = policy._observation_tokens(batch)
-            h = policy.model(policy._lang(batch["instruction"]), obs, batch[keys.pad_key(keys.OBS_STATE)], "last")
+            lang = policy._lang(batch["instruction"])
+            obs = policy._observation_tokens(batch, lang)
+            h = policy.model(lang, obs, batch[keys.pad_key(keys.OBS_STATE)], "last")
             act = policy.model.split_readouts(h[:, -1])[1]
             sample = policy.model.action_head.sample(act, torch.Generator().manual_seed(0))
         return float((sample - policy.normalizer.normalize(keys.ACTION, batch[keys.ACTION])).abs().mean())

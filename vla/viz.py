@@ -310,9 +310,10 @@ def attention_maps(policy, observations: list[dict[str, np.ndarray]], instructio
         k: torch.as_tensor(np.stack([o[k] for o in window]))[None].to(policy._device()) for k in policy._obs_keys()
     }
     with keeping_attention(model):
-        tokens = policy._observation_tokens(batch)
+        lang = policy._lang([instruction])
+        tokens = policy._observation_tokens(batch, lang)
         resampler = {c: model.vision[c].resampler.attn.probs.mean(1) for c in model.cameras}  # (T, latents, P)
-        model(policy._lang([instruction]), tokens, readouts="last")
+        model(lang, tokens, readouts="last")
         probs = torch.stack([b.attn.probs[0].mean(0) for b in model.trunk.blocks]).mean(0)  # (L, L) query->key
     T = len(window)
     kind, step = layout.tokens(T, "last")

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from torch import nn
 
 from vla.errors import UserError
-from vla.model.gpt import MLP, Block, attention_probs
+from vla.model.gpt import MLP, Block, ZeroLinear, attention_probs
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,17 @@ class PerceiverResampler(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    """One camera's frames -> a few tokens: patch embedding, a small ViT, a perceiver resampler."""
+    """One camera's frames -> a few tokens: patch embedding, a small ViT, a perceiver resampler.
 
-    def __init__(self, image_size: int, patch_size: int, vit_dim: int, vit_layers: int, out_dim: int, n_tokens: int):
+    With `lang_dim`, the instruction modulates the patch features (FiLM: Perez et al. 2018; RT-1 conditions
+    its EfficientNet the same way): after the patch embedding and after each block, x * (1 + gamma) + beta,
+    gamma and beta linear in the sentence embedding and zero at the start (the encoder starts as the
+    unconditioned one). The resampler's few latents then read a frame already told what the instruction is
+    about: without it they summarise the frame blind, and a policy tells "lift the red block" from "lift
+    the blue block" only as far as those summaries happen to keep both blocks."""
+
+    def __init__(self, image_size: int, patch_size: int, vit_dim: int, vit_layers: int, out_dim: int, n_tokens: int,
+                 lang_dim: int | None = None):  # fmt: skip
         super().__init__()
         if image_size % patch_size:
             raise UserError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
@@ -69,13 +77,26 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(vit_dim, n_head) for _ in range(vit_layers))
         self.ln = nn.LayerNorm(vit_dim)
         self.resampler = PerceiverResampler(out_dim, vit_dim, n_tokens, max(1, out_dim // 64))
+        self.film = ZeroLinear(lang_dim, 2 * vit_dim * (vit_layers + 1)) if lang_dim else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (N, 3, H, W) normalised -> (N, n_tokens, out_dim)."""
+    def forward(self, images: torch.Tensor, lang: torch.Tensor | None = None) -> torch.Tensor:
+        """images: (N, 3, H, W) normalised, lang: (N, lang_dim) sentence embeddings (required with FiLM,
+        ignored without) -> (N, n_tokens, out_dim)."""
         x = rearrange(self.patch_embed(images), "n c h w -> n (h w) c") + self.pos
-        for block in self.blocks:
-            x, _ = block(x)
+        films = [None] * (len(self.blocks) + 1)
+        if self.film is not None:
+            if lang is None:
+                raise ValueError("a FiLM-conditioned vision encoder needs the instruction's embedding")
+            films = rearrange(self.film(lang), "n (k two c) -> k two n 1 c", k=len(self.blocks) + 1, two=2)
+        x = _modulate(x, films[0])
+        for block, film in zip(self.blocks, films[1:]):
+            x = _modulate(block(x)[0], film)
         return self.resampler(self.ln(x))
+
+
+def _modulate(x: torch.Tensor, film: torch.Tensor | None) -> torch.Tensor:
+    """x (N, P, C), film (2, N, 1, C) = (gamma, beta) or None."""
+    return x if film is None else x * (1 + film[0]) + film[1]
 
 
 class StateEncoder(nn.Module):

@@ -66,6 +66,15 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None 
     return torch.softmax(scores if bias is None else scores + bias, dim=-1)
 
 
+class ZeroLinear(nn.Linear):
+    """A linear layer that starts at zero (weights and bias) and keeps that start through `_init_weights`:
+    a residual branch that begins as the identity."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, n_head: int, dropout: float = 0.0):
         super().__init__()

@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import nn
 
 from vla.model.encoders import StateEncoder, VisionEncoder
-from vla.model.gpt import KV, Trunk
-from vla.model.heads import ActionHead, FlowHead, MAEDecoder, ResidualDecoder, ZeroLinear
+from vla.model.gpt import KV, Trunk, ZeroLinear
+from vla.model.heads import ActionHead, FlowHead, MAEDecoder, ResidualDecoder
 from vla.model.layout import Kind, TokenLayout
 from vla.model.text import ContrastiveHead, TextHead
 from vla.policies.config import PolicyConfig
@@ -72,12 +72,9 @@ class GR1(nn.Module):
         self.cfg, self.cameras, self.history = cfg, list(cameras), history
         d = cfg.d_model
         self.layout = TokenLayout(self.cameras, cfg.n_img_tokens, cfg.n_obs_queries)
-        self.vision = nn.ModuleDict(
-            {
-                c: VisionEncoder(image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_layers, d, cfg.n_img_tokens)
-                for c in self.cameras
-            }  # fmt: skip
-        )
+        film_dim = lang_dim if cfg.vision_film else None
+        sizes = (image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_layers, d, cfg.n_img_tokens, film_dim)
+        self.vision = nn.ModuleDict({c: VisionEncoder(*sizes) for c in self.cameras})
         self.state_encoder = StateEncoder(state_dim, d) if state_dim else None
         self.lang_proj = nn.Linear(lang_dim, d)
         # What a token is within its timestep: added to observation tokens, and all a readout starts from.
@@ -103,15 +100,19 @@ class GR1(nn.Module):
         return ResidualDecoder(*sizes, len(cfg.foresight_offsets))
 
     # --- tokens -------------------------------------------------------------------------------------
-    def observation_tokens(self, images: dict[str, torch.Tensor], state: torch.Tensor | None = None) -> torch.Tensor:
+    def observation_tokens(
+        self, images: dict[str, torch.Tensor], state: torch.Tensor | None = None, lang: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """images: {camera: (B, T, 3, H, W)} for some or all cameras, state: (B, T, S) normalised or None
-        (video, image-text) -> (B, T, n_obs', d): the groups the data has, in layout order."""
+        (video, image-text), lang: (B, lang_dim) the sequence's prefix embedding, which a FiLM-conditioned
+        vision encoder (`vision_film`) needs -> (B, T, n_obs', d): the groups the data has, in layout order."""
         cameras = [c for c in self.cameras if c in images]
-        B = images[cameras[0]].shape[0]
+        B, T = images[cameras[0]].shape[:2]
+        frame_lang = None if lang is None else lang.repeat_interleave(T, dim=0)  # (B * T, lang_dim), as the frames
         parts = [] if state is None else [self.state_encoder(state)[:, :, None]]
         for cam in cameras:
             frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
-            parts.append(rearrange(self.vision[cam](frames), "(b t) n d -> b t n d", b=B))
+            parts.append(rearrange(self.vision[cam](frames, frame_lang), "(b t) n d -> b t n d", b=B))
         return torch.cat(parts, dim=2) + self._obs_slots(state is not None, cameras)
 
     def _obs_slots(self, state: bool, cameras: list[str]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vla.model.gpt import Block
+from vla.model.gpt import Block, ZeroLinear
 
 
 def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -92,15 +92,6 @@ class FlowHead(nn.Module):
             s = (t / scheduler.config.num_train_timesteps).expand(act.shape[0], 1).to(act.dtype)
             x = scheduler.step(self.velocity(x.to(act.dtype), s, act).float(), t, x).prev_sample
         return x.reshape(*lead, self.chunk, self.action_dim)
-
-
-class ZeroLinear(nn.Linear):
-    """A linear layer that starts at zero (weights and bias) and keeps that start through `_init_weights`:
-    a residual branch that begins as the identity."""
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.weight)
-        nn.init.zeros_(self.bias)
 
 
 class ForesightDecoder(nn.Module):

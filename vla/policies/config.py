@@ -90,6 +90,8 @@ class PolicyConfig:
                           "command: BCE, executed as the data's open or closed value) | continuous (a position: "
                           "regressed with the arm) | none | auto (declared by the data's action spec, else "
                           "inferred from its values; training logs which)")  # fmt: skip
+    vision_film: bool = option(False, help="the instruction modulates the vision encoder's patch features (FiLM, "
+                               "as RT-1): its resampled tokens keep what the instruction is about")  # fmt: skip
     language_model: str = option("minilm", help="minilm (the wheel's all-MiniLM-L6-v2) or a local transformers dir")
     max_text_len: int = option(24, min=2, help="caption tokens the text head reads and writes, [CLS] included")
     # --- what it reads and writes: {key: keys.Spec.to_json()}, filled from the training stores ---

@@ -106,8 +106,8 @@ class VLAPolicy(nn.Module):
     def _device(self) -> torch.device:
         return self.model.obs_slots.device
 
-    def _observation_tokens(self, batch: dict) -> torch.Tensor:
-        """Raw (B, T, ...) observations -> (B, T, n_obs, d) tokens."""
+    def _observation_tokens(self, batch: dict, lang: torch.Tensor) -> torch.Tensor:
+        """Raw (B, T, ...) observations and the prefix embedding (B, lang_dim) -> (B, T, n_obs, d) tokens."""
         images = {
             keys.camera_of(k): self.normalizer.normalize_images(k, batch[k]) for k in self.image_keys if k in batch
         }
@@ -116,7 +116,7 @@ class VLAPolicy(nn.Module):
         state = None
         if keys.OBS_STATE in batch and self.model.state_encoder is not None:
             state = self.normalizer.normalize(keys.OBS_STATE, batch[keys.OBS_STATE])
-        return self.model.observation_tokens(images, state)
+        return self.model.observation_tokens(images, state, lang)
 
     def _lang(self, instructions: list[str]) -> torch.Tensor:
         return self.language(instructions).to(self._device())
@@ -143,12 +143,12 @@ class VLAPolicy(nn.Module):
         future frames. With `every_step_loss` each step's readouts are supervised (GR-1), padded steps
         masked; otherwise only the last step's."""
         losses, metrics = {}, {}
-        obs = self._observation_tokens(batch)
+        lang = self._lang(batch[keys.INSTRUCTION])
+        obs = self._observation_tokens(batch, lang)
         pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)  # (B, T)
         action = keys.ACTION in batch and self.model.action_head is not None
         every = self.config.every_step_loss
-        h = self.model(self._lang(batch[keys.INSTRUCTION]), obs, pad, readouts="all" if every else "last",
-                       action=action)  # fmt: skip
+        h = self.model(lang, obs, pad, readouts="all" if every else "last", action=action)
         # Supervised steps: (B, T, n_readout, d) with every step, else the last one (B, n_readout, d).
         h, step_keep = (h, ~pad) if every else (h[:, -1], torch.ones_like(pad[:, -1]))
         obs_readouts, act = self.model.split_readouts(h)
@@ -198,8 +198,8 @@ class VLAPolicy(nn.Module):
     def _caption_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt embedding and one image's tokens (its last frame) per batch entry."""
         images = {k: batch[k][:, -1:] for k in self.image_keys if k in batch}
-        obs = self._observation_tokens(images)
-        return self._lang([CAPTION_PROMPT] * obs.shape[0]), obs
+        lang = self._lang([CAPTION_PROMPT] * next(iter(images.values())).shape[0])
+        return lang, self._observation_tokens(images, lang)
 
     def _text_loss(self, batch: dict) -> torch.Tensor:
         """The captioning loss alone (nats per caption token)."""
@@ -245,6 +245,7 @@ class VLAPolicy(nn.Module):
         self._history: deque = deque(maxlen=self.history)  # raw observations, newest last
         self._cache: StreamCache | None = None
         self._instruction: str | None = None
+        self._cache_lang: torch.Tensor | None = None  # the instruction's embedding (1, lang_dim)
 
     @torch.no_grad()
     def observe(self, obs: dict[str, np.ndarray], instruction: str) -> None:
@@ -264,14 +265,16 @@ class VLAPolicy(nn.Module):
             if not readout:
                 return None
             window = {k: torch.cat([s[k] for s in self._history], dim=1) for k in self._obs_keys()}
-            return self.model(self._lang([instruction]), self._observation_tokens(window), readouts="last")[:, -1]
+            lang = self._lang([instruction])
+            return self.model(lang, self._observation_tokens(window, lang), readouts="last")[:, -1]
         if self._cache is None or instruction != self._instruction:
-            # A new instruction changes the prefix every cached token read: rebuild from the history.
-            self._cache = self.model.start_stream(self._lang([instruction]))
-            self._instruction = instruction
+            # A new instruction changes the prefix every cached token read (and, with FiLM, the image
+            # tokens themselves): rebuild from the history.
+            self._instruction, self._cache_lang = instruction, self._lang([instruction])
+            self._cache = self.model.start_stream(self._cache_lang)
             for past in list(self._history)[:-1]:
-                self.model.stream_observe(self._cache, self._observation_tokens(past)[:, 0])
-        tokens = self._observation_tokens(step)[:, 0]
+                self.model.stream_observe(self._cache, self._observation_tokens(past, self._cache_lang)[:, 0])
+        tokens = self._observation_tokens(step, self._cache_lang)[:, 0]
         if readout:
             return self.model.stream_step(self._cache, tokens)
         self.model.stream_observe(self._cache, tokens)
