@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     for task in tasks:
         chosen = rng.permutation(np.flatnonzero(window_task == task))[: args.windows]
         batch = collate([val[int(i)] for i in chosen])
+        for key in policy.image_keys:  # no future frames: only the action loss is wanted, not foresight's
+            batch.pop(keys.future_key(key), None)
         rows[task] = {name: _action_loss(policy, batch, _substitute(name, batch, task, own, rng), device)
                       for name in SUBSTITUTES}  # fmt: skip
     info = machine()

@@ -108,7 +108,8 @@ class GR1(nn.Module):
         vision encoder (`vision_film`) needs -> (B, T, n_obs', d): the groups the data has, in layout order."""
         cameras = [c for c in self.cameras if c in images]
         B, T = images[cameras[0]].shape[:2]
-        frame_lang = None if lang is None else lang.repeat_interleave(T, dim=0)  # (B * T, lang_dim), as the frames
+        # (B * T, lang_dim), as the frames; only FiLM reads it
+        frame_lang = lang.repeat_interleave(T, dim=0) if lang is not None and self.cfg.vision_film else None
         parts = [] if state is None else [self.state_encoder(state)[:, :, None]]
         for cam in cameras:
             frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
