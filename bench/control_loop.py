@@ -1,7 +1,7 @@
 """The control loop's timing: loop-period jitter and observation-to-action latency at 10, 30 and 50 Hz,
 synchronous versus asynchronous inference, with a `small` policy on this machine.
 
-    python bench/control_loop.py [--rates 10,30,50] [--seconds 6] [--robot mock|sim] [--preset small]
+    python bench/control_loop.py [--rates 10,30,50] [--seconds 6] [--robot mock|sim] [--preset small] [--compile]
 
 The policy is an untrained `small` preset with random weights (bench/common.py): timing does not
 depend on what the weights learnt. Actions only (no foresight decoding), n_action_steps 5 of a chunk
@@ -23,8 +23,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
-from common import FEATURES, describe, machine, make_policy
+from common import FEATURES, describe, machine, make_policy, random_observation
 
 from vla.robot import ControlLoop, LoopConfig, MockRobot
 from vla.robot.cli import default_threads
@@ -79,14 +80,22 @@ def main() -> None:
     parser.add_argument("--robot", default="mock", choices=["mock", "sim"])
     parser.add_argument("--history", type=int, default=4)
     parser.add_argument("--preset", default="small", help="small | gr1 (a policy slower than the tick)")
+    parser.add_argument("--compile", action="store_true", help="as vla control --compile (compile_inference)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     policy = make_policy(args.preset, args.history, chunk=10, foresee=False).eval()
+    if args.compile:  # compiled with the loop's threads; the first steps compile, outside the timed loop
+        torch.set_num_threads(default_threads())
+        policy.compile_inference()
+        for observation in [random_observation(np.random.default_rng(0)) for _ in range(args.history + 1)]:
+            policy.predict(observation, "reach the goal")
+        policy.reset()
     load_before = round(os.getloadavg()[0], 2)
     rows = [run(policy, args.robot, float(hz), mode, args.seconds) for hz in args.rates.split(",")
             for mode in ("sync", "async")]  # fmt: skip
     info = {**machine(), "load_1min": load_before, "load_after": round(os.getloadavg()[0], 2)}  # threads: the loop's
-    print(f"{args.preset} preset (random weights), history {args.history}, chunk 10, n_action_steps 5, "
+    print(f"{args.preset} preset (random weights{', compiled' if args.compile else ''}), history {args.history}, "
+          f"chunk 10, n_action_steps 5, "
           f"robot {args.robot}, {args.seconds:g} s per row; {describe(info)}")  # fmt: skip
     print(f"{'Hz':>4s} {'mode':6s} {'achieved':>8s} {'jitter p50':>10s} {'p99':>7s} {'infer p50':>9s} "
           f"{'obs->act p50':>12s} {'p99':>7s} {'overruns':>8s}")  # fmt: skip
@@ -95,7 +104,8 @@ def main() -> None:
         print(f"{r['hz']:4.0f} {r['mode']:6s} {r['hz_achieved']:8.2f} {ms['jitter_p50_ms']:>10s} "
               f"{ms['jitter_p99_ms']:>7s} {ms['inference_p50_ms']:>9s} {ms['obs_to_action_p50_ms']:>12s} "
               f"{ms['obs_to_action_p99_ms']:>7s} {r['missed_ticks']:8d}")  # fmt: skip
-    print(json.dumps({"robot": args.robot, "preset": args.preset, "history": args.history, "machine": info,
+    print(json.dumps({"robot": args.robot, "preset": args.preset, "history": args.history, "compiled": args.compile,
+                      "machine": info,
                       "results": rows}))  # fmt: skip
 
 

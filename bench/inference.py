@@ -2,7 +2,7 @@
 whole window, at history 10, for the `small` and `gr1` presets; and the largest difference between
 the actions the two produce on the same observations.
 
-    python bench/inference.py [--presets small,gr1] [--steps 40] [--repeats 3] [--device cpu]
+    python bench/inference.py [--presets small,gr1] [--steps 40] [--repeats 3] [--device cpu] [--compile]
 
 Each step is one `policy.predict` on a new observation: the action chunk, plus the foreseen frame
 when --foresight is given. The two paths alternate, `--repeats` times; each figure is the median over
@@ -38,13 +38,18 @@ def run(policy, observations, device: str) -> tuple[list[float], np.ndarray]:
     return times, np.stack(actions)
 
 
-def bench_preset(preset: str, steps: int, repeats: int, device: str, foresight: bool, language_model: str) -> dict:
+def bench_preset(preset: str, steps: int, repeats: int, device: str, foresight: bool, language_model: str,
+                 compile: bool = False) -> dict:  # fmt: skip
     # The same seeded weights twice: one policy streams, the other recomputes the window every step.
     policy, full = (make_policy(preset, HISTORY, device=device, language_model=language_model, foresee=foresight,
                                 streaming=streaming).eval() for streaming in (True, False))  # fmt: skip
+    if compile:
+        policy.compile_inference()
     rng = np.random.default_rng(0)
     observations = [random_observation(rng) for _ in range(steps)]
-    run(policy, observations[:HISTORY], device)  # warm-up: kernels, caches, the sentence encoder
+    start = time.perf_counter()
+    run(policy, observations[:HISTORY], device)  # warm-up: kernels, caches, the sentence encoder, compiling
+    warmup_s = time.perf_counter() - start
     run(full, observations[:HISTORY], device)
     steady = slice(HISTORY, None)  # once the window is full, the cost a controller pays every step
     stream_ms, full_ms, diffs = [], [], []
@@ -61,6 +66,8 @@ def bench_preset(preset: str, steps: int, repeats: int, device: str, foresight: 
         "full_ms": float(np.median(full_ms)),
         "speedup": float(np.median(np.array(full_ms) / np.array(stream_ms))),
         "max_abs_diff": max(diffs),
+        "compiled": compile,
+        "warmup_s": round(warmup_s, 1),
     }
 
 
@@ -72,20 +79,22 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
     parser.add_argument("--foresight", action="store_true", help="also decode the foreseen frame every step")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the streaming step (compile_inference)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     info = machine()
     rows = [
-        bench_preset(p, args.steps, args.repeats, args.device, args.foresight, args.language_model)
+        bench_preset(p, args.steps, args.repeats, args.device, args.foresight, args.language_model, args.compile)
         for p in args.presets.split(",")
     ]
     info["load_after"] = round(os.getloadavg()[0], 2)
-    print(f"history {HISTORY}, device {args.device}, foresight {'on' if args.foresight else 'off'}, "
-          f"median of {args.repeats} repeats; {describe(info)}")  # fmt: skip
-    print(f"{'preset':8s} {'params':>8s} {'stream ms':>10s} {'full ms':>9s} {'speedup':>8s} {'max |diff|':>11s}")
+    print(f"history {HISTORY}, device {args.device}, foresight {'on' if args.foresight else 'off'}, streaming "
+          f"{'compiled' if args.compile else 'eager'}, median of {args.repeats} repeats; {describe(info)}")  # fmt: skip
+    print(f"{'preset':8s} {'params':>8s} {'stream ms':>10s} {'full ms':>9s} {'speedup':>8s} {'max |diff|':>11s} "
+          f"{'warm-up s':>10s}")  # fmt: skip
     for r in rows:
         print(f"{r['preset']:8s} {r['params_m']:7.1f}M {r['stream_ms']:10.2f} {r['full_ms']:9.2f} "
-              f"{r['speedup']:7.1f}x {r['max_abs_diff']:11.2e}")  # fmt: skip
+              f"{r['speedup']:7.1f}x {r['max_abs_diff']:11.2e} {r['warmup_s']:10.1f}")  # fmt: skip
     print(json.dumps({"device": args.device, "history": HISTORY, "repeats": args.repeats, "machine": info,
                       "results": rows}))  # fmt: skip
 

@@ -65,6 +65,35 @@ def test_readouts_are_never_read():
     torch.testing.assert_close(changed[:, half:], last_only[:, half:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("action, foresight", [(True, False), (False, True)])
+def test_leaving_readouts_out_changes_none_of_the_others(action, foresight):
+    """A pass without the [OBS] queries (nothing is foreseen) or without [ACT] (video) gives the readouts it
+    keeps exactly as the pass with all of them, over the window and streaming."""
+    history, cameras = 3, ("front", "wrist")
+    model = make_model(history, cameras)
+    images, state, lang = inputs(T=5, cameras=cameras)
+    kept = model.layout.readout_slice(action, foresight)
+    with torch.no_grad():
+        obs = model.observation_tokens(images, state)
+        every = model(lang, obs, readouts="all")
+        some = model(lang, obs, readouts="all", action=action, foresight=foresight)
+        torch.testing.assert_close(some, every[:, :, kept], atol=1e-5, rtol=1e-5)
+        cache = model.start_stream(lang)
+        for t in range(5):
+            streamed = model.stream_step(cache, obs[:, t], foresight=foresight)
+            full = model(lang, obs[:, max(0, t - history + 1) : t + 1], readouts="last")[:, 0]
+            torch.testing.assert_close(streamed, full[:, model.layout.readout_slice(True, foresight)], atol=1e-5,
+                                       rtol=1e-5)  # fmt: skip
+    camera_readouts, act = model.split_readouts(some[:, -1], action=action, foresight=foresight)
+    assert sorted(camera_readouts) == (sorted(cameras) if foresight else [])
+    assert (act is not None) == action
+    assert streamed.shape[1] == (model.layout.n_readout if foresight else 1)
+    with pytest.raises(ValueError, match="readout tokens"):
+        model.split_readouts(every[:, -1], action=action, foresight=foresight)
+    with pytest.raises(ValueError, match="reads nothing out"):
+        model(lang, obs, readouts="last", action=False, foresight=False)
+
+
 @pytest.mark.parametrize("cameras, history", [(("front",), 3), (("front", "wrist"), 3), (("front",), 6)])
 def test_streaming_equals_full_window_recomputation(cameras, history):
     T = 2 * history + 2
@@ -105,7 +134,7 @@ def test_streaming_writes_into_buffers_allocated_once_and_observing_equals_readi
         assert [(k.data_ptr(), k.shape) for k, _ in cache.kv] == buffers
     n_prefix, n_obs = 1, obs.shape[2]
     assert cache.kv[0][0].shape[2] == n_prefix + history * n_obs
-    assert len(cache.rules) <= 2 * history  # built once per pattern of slot ages, observe and read out
+    assert len(cache.bias) <= 2 * history  # built once per pattern of slot ages, observe and read out
 
 
 def test_loading_the_sentence_encoder_prints_nothing(capfd):

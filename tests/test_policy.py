@@ -119,6 +119,29 @@ def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path, v
     torch.testing.assert_close(readouts[True], readouts[False], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_compiled_inference_equals_eager_streaming(metaworld_store, tmp_path):
+    """`compile_inference` (torch.compile with frozen weights) reads out what the eager streaming step does,
+    across the ring buffer's wrap and an instruction change; a recomputing policy is refused in one line."""
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    episode = store.episode(1)
+    instructions = ["close it"] * 6 + ["a new instruction"] * 2  # history 3: the ring wraps twice
+    readouts = {}
+    for compiled in (False, True):
+        if compiled:
+            policy.compile_inference()
+        policy.reset()
+        readouts[compiled] = torch.cat([
+            policy._take({k: episode[k][t] for k in episode}, text, readout=True) for t, text in enumerate(instructions)
+        ])  # fmt: skip
+    assert set(policy.model._compiled) == {"trunk", *(f"vision.{c}" for c in policy.model.cameras)}
+    torch.testing.assert_close(readouts[True], readouts[False], atol=1e-4, rtol=1e-4)
+    policy.streaming = False
+    with pytest.raises(UserError, match="needs a streaming policy"):
+        policy.compile_inference()
+
+
 def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
     straight = train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
     train(tiny_config(metaworld_store, tmp_path / "b", steps=6), progress=False, stop_at=3)  # interrupted

@@ -87,11 +87,11 @@ def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, foresee: bool = True,
-                streaming: bool = True, acting: bool = False):  # fmt: skip
+                streaming: bool = True, acting: bool = False, compile: bool = False):  # fmt: skip
     """A `VLAPolicy` in eval mode from a checkpoint directory or a run directory (its latest checkpoint).
     foresee/streaming: see `VLAPolicy`; acting: the caller will execute its actions, so a policy without an
-    action head (pretrained on video or image-text alone) is refused. Raises UserError for a missing,
-    corrupt or mismatched checkpoint."""
+    action head (pretrained on video or image-text alone) is refused; compile: `VLAPolicy.compile_inference`.
+    Raises UserError for a missing, corrupt or mismatched checkpoint."""
     from vla.policies.vla_policy import VLAPolicy
 
     directory = resolve(directory)
@@ -111,7 +111,8 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
     if acting and policy.model.action_head is None:
         raise UserError(f"{directory}: this checkpoint has no action head (pretrained on video/image-text); "
                         "finetune it with vla train --init-from")  # fmt: skip
-    return policy.to(device).eval()
+    policy = policy.to(device).eval()
+    return policy.compile_inference() if compile else policy
 
 
 def save_policy(policy, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:

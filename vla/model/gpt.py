@@ -39,17 +39,19 @@ class Attention(nn.Module):
         self.probs: torch.Tensor | None = None  # (B, n_head, L, L_keys) of the last call, when kept
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, past: KV | None = None,
-                write: slice | None = None) -> tuple[torch.Tensor, KV]:  # fmt: skip
+                write: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:  # fmt: skip
         """x: (B, L, D); bias: additive (B or 1, n_head, L, L_keys) with -inf where not allowed.
         past: None (the keys are x's own, L_keys = L), or preallocated key/value buffers (B, n_head, L_keys,
-        head_dim) that the first `write.stop - write.start` tokens of x write their keys/values into, at
-        `write`, before x attends over the whole buffer (streaming: no per-step concatenation).
+        head_dim) that the first n tokens of x write their keys/values into, at the n buffer positions
+        `write` (long, (n,)), before x attends over the whole buffer (streaming: no per-step
+        concatenation; positions as a tensor, so that a compiled pass serves every slot).
         Returns the output and this call's own keys/values (for the caller to cache)."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_head)
         k_all, v_all = k, v
         if past is not None:
-            n = write.stop - write.start
-            past[0][:, :, write], past[1][:, :, write] = k[:, :, :n], v[:, :, :n]
+            n = write.shape[0]
+            past[0].index_copy_(2, write, k[:, :, :n])
+            past[1].index_copy_(2, write, v[:, :, :n])
             k_all, v_all = past
         if bias is not None:
             bias = bias.to(q.dtype)
@@ -83,7 +85,7 @@ class Block(nn.Module):
         self.mlp = MLP(dim, 4 * dim, dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, past: KV | None = None,
-                write: slice | None = None):  # fmt: skip
+                write: torch.Tensor | None = None):  # fmt: skip
         y, kv = self.attn(self.ln1(x), bias, past, write)
         x = x + y
         return x + self.mlp(self.ln2(x)), kv
@@ -130,7 +132,7 @@ class Trunk(nn.Module):
         return self.time_bias[:, rel][None].masked_fill(~allowed[:, None], float("-inf"))
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, past: list[KV] | None = None, write: slice | None = None
+        self, x: torch.Tensor, bias: torch.Tensor, past: list[KV] | None = None, write: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[KV]]:
         """x: (B, L, D) -> (B, L, D) and each layer's keys/values of x; past, write: each layer's key/value
         buffers and where x's first tokens write into them (see `Attention.forward`)."""

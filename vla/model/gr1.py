@@ -33,14 +33,16 @@ class StreamCache:
     """Keys/values of the prefix and of the last `history` timesteps' observation tokens, per layer, in
     buffers allocated once per episode: (B, n_head, n_prefix + history x n_obs, head_dim), the prefix
     first, then one slot of n_obs tokens per timestep, used as a ring (timestep t in slot t % history).
-    A step writes its tokens into its slot and attends over the whole buffer; the attention rules,
-    built once per pattern of slot ages, mask what it may not read."""
+    A step writes its tokens into its slot and attends over the whole buffer; the attention bias, built
+    once per pattern of slot ages and number of readouts, masks what it may not read. A cache serves one
+    episode of fixed weights (inference): the bias is made from the time-bias weights it was built with."""
 
     prefix: list[KV]
     kv: list[KV] | None = None  # the buffers, allocated by the first observation
+    slots: list[torch.Tensor] = field(default_factory=list)  # each slot's buffer positions (n_obs,), long
     slot_step: list[int] = field(default_factory=list)  # the timestep each slot holds; -1: empty
     next_step: int = 0
-    rules: dict = field(default_factory=dict)  # (readout, slot ages) -> `Trunk.rules` output
+    bias: dict = field(default_factory=dict)  # (readouts, slot ages) -> additive bias (1, n_head, Lq, Lk)
 
     def allocate(self, n_obs: int, history: int) -> None:
         n_prefix = self.prefix[0][0].shape[2]
@@ -51,6 +53,8 @@ class StreamCache:
             keys[:, :, :n_prefix], values[:, :, :n_prefix] = k, v
             self.kv.append((keys, values))
         self.slot_step = [-1] * history
+        first = torch.arange(n_obs, device=self.prefix[0][0].device) + n_prefix
+        self.slots = [first + slot * n_obs for slot in range(history)]
 
 
 class GR1(nn.Module):
@@ -112,8 +116,10 @@ class GR1(nn.Module):
         frame_lang = lang.repeat_interleave(T, dim=0) if lang is not None and self.cfg.vision_film else None
         parts = [] if state is None else [self.state_encoder(state)[:, :, None]]
         for cam in cameras:
-            frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
-            parts.append(rearrange(self.vision[cam](frames, frame_lang), "(b t) n d -> b t n d", b=B))
+            # contiguous: the same strides whatever layout the images came in (a compiled encoder guards on them)
+            frames = rearrange(images[cam], "b t c h w -> (b t) c h w").contiguous()
+            tokens = self._inference(f"vision.{cam}", self.vision[cam])(frames, frame_lang)
+            parts.append(rearrange(tokens, "(b t) n d -> b t n d", b=B))
         return torch.cat(parts, dim=2) + self._obs_slots(state is not None, cameras)
 
     def _obs_slots(self, state: bool, cameras: list[str]) -> torch.Tensor:
@@ -135,20 +141,22 @@ class GR1(nn.Module):
         step_is_pad: torch.Tensor | None = None,
         readouts: str = "all",
         action: bool = True,
+        foresight: bool = True,
     ) -> torch.Tensor:
         """lang: (B, lang_dim); obs: (B, T, n_obs, d) from `observation_tokens`; step_is_pad: (B, T);
-        action: whether the readouts include [ACT] (not for video).
+        action, foresight: whether the readouts include [ACT] (not for video) and the [OBS] queries (not
+        where no frame is foreseen): see `TokenLayout.readout_slice`.
 
-        Returns readout states (B, T', n_readout, d) for T' = T ("all") or 1 ("last")."""
+        Returns readout states (B, T', n_readout', d) for T' = T ("all") or 1 ("last")."""
         B, T = obs.shape[:2]
-        readout = self.readout_slots if action else self.readout_slots[:-1]  # [ACT] is the last readout
-        readout = readout.expand(B, 1, -1, -1)
+        readout = self.readout_slots[self.layout.readout_slice(action, foresight)].expand(B, 1, -1, -1)
         if readouts == "all":
             steps = torch.cat([obs, readout.expand(B, T, -1, -1)], dim=2).flatten(1, 2)
         else:
             steps = torch.cat([obs.flatten(1, 2), readout[:, 0]], dim=1)
         x = torch.cat([self.prefix_tokens(lang), steps], dim=1)
-        kind, step = (t.to(x.device) for t in self.layout.tokens(T, readouts, n_obs=obs.shape[2], action=action))
+        layout = self.layout.tokens(T, readouts, n_obs=obs.shape[2], action=action, foresight=foresight)
+        kind, step = (t.to(x.device) for t in layout)
         k_pad = None
         if step_is_pad is not None:
             k_pad = step_is_pad[:, step.clamp(min=0)] & (step >= 0)
@@ -180,51 +188,87 @@ class GR1(nn.Module):
 
     def stream_observe(self, cache: StreamCache, obs: torch.Tensor) -> None:
         """obs: (B, n_obs, d), the next timestep's observation tokens: cache their keys/values."""
-        self._stream_pass(cache, obs, readout=False)
+        self._stream_pass(cache, obs, readout=None)
 
-    def stream_step(self, cache: StreamCache, obs: torch.Tensor) -> torch.Tensor:
-        """Observe the next timestep and read out at it: (B, n_obs, d) -> (B, n_readout, d).
+    def stream_step(self, cache: StreamCache, obs: torch.Tensor, foresight: bool = True) -> torch.Tensor:
+        """Observe the next timestep and read out at it: (B, n_obs, d) -> (B, n_readout', d), without the
+        [OBS] queries unless `foresight` (see `forward`).
 
         One pass of the trunk for both: the readouts join the new observation tokens as queries, and
         the rules keep everything else exactly as two separate passes would (the new observation
         tokens read only the prefix and themselves)."""
-        return self._stream_pass(cache, obs, readout=True)
+        return self._stream_pass(cache, obs, readout=self.readout_slots[self.layout.readout_slice(True, foresight)])
 
-    def _stream_pass(self, cache: StreamCache, obs: torch.Tensor, readout: bool) -> torch.Tensor | None:
+    def _stream_pass(self, cache: StreamCache, obs: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor | None:
+        """readout: (n_readout', d) the readout queries to join the observation tokens, or None."""
         t, n_obs = cache.next_step, obs.shape[1]
         if cache.kv is None:
             cache.allocate(n_obs, self.history)
         slot = t % self.history
         cache.slot_step[slot] = t  # the timestep `history` steps back leaves the window, and its slot
         n_prefix = cache.prefix[0][0].shape[2]
-        write = slice(n_prefix + slot * n_obs, n_prefix + (slot + 1) * n_obs)
         # Slot ages relative to this step (0: this one); an empty slot counts as a future step, which the
         # rules never let anything read.
         ages = tuple(s - t if s >= 0 else 1 for s in cache.slot_step)
-        if (readout, ages) not in cache.rules:
-            cache.rules[(readout, ages)] = self._stream_rules(n_prefix, n_obs, ages, readout, obs.device)
-        bias = self.trunk.bias_of(*cache.rules[(readout, ages)])
-        x = torch.cat([obs, self.readout_slots.expand(obs.shape[0], -1, -1)], dim=1) if readout else obs
-        h, _ = self.trunk(x, bias, cache.kv, write)
+        n_readout = 0 if readout is None else readout.shape[0]
+        if (n_readout, ages) not in cache.bias:
+            rules = self._stream_rules(n_prefix, n_obs, ages, n_readout, obs.device)
+            cache.bias[(n_readout, ages)] = self.trunk.bias_of(*rules).to(obs.dtype)
+        x = obs if readout is None else torch.cat([obs, readout.expand(obs.shape[0], -1, -1)], dim=1)
+        h = self._inference("trunk", self._stream_trunk)(x, cache.bias[(n_readout, ages)], cache.kv, cache.slots[slot])
         cache.next_step += 1
-        return h[:, n_obs:] if readout else None
+        return None if readout is None else h[:, n_obs:]
 
-    def _stream_rules(self, n_prefix: int, n_obs: int, ages: tuple, readout: bool, dev) -> tuple:
-        """`Trunk.rules` for a streaming pass: queries at timestep 0 (its observation tokens, then the readouts
-        if `readout`), keys the buffer (the prefix, then each slot's tokens at its age)."""
-        q_kind = [int(Kind.OBS)] * n_obs + ([int(Kind.READOUT)] * self.layout.n_readout if readout else [])
+    def _stream_trunk(self, x: torch.Tensor, bias: torch.Tensor, kv: list[KV], write: torch.Tensor) -> torch.Tensor:
+        """The trunk's streaming pass, its output only (what `compile_inference` compiles: the keys/values
+        land in the buffers, and a compiled graph returning them too would keep copies of them)."""
+        return self.trunk(x, bias, kv, write)[0]
+
+    def _stream_rules(self, n_prefix: int, n_obs: int, ages: tuple, n_readout: int, dev) -> tuple:
+        """`Trunk.rules` for a streaming pass: queries at timestep 0 (its observation tokens, then
+        `n_readout` readouts), keys the buffer (the prefix, then each slot's tokens at its age)."""
+        q_kind = [int(Kind.OBS)] * n_obs + [int(Kind.READOUT)] * n_readout
         k_kind = [int(Kind.PREFIX)] * n_prefix + [int(Kind.OBS)] * (len(ages) * n_obs)
         k_step = [-1] * n_prefix + [age for age in ages for _ in range(n_obs)]
         q_kind, k_kind, k_step = (torch.tensor(v, device=dev, dtype=torch.long) for v in (q_kind, k_kind, k_step))
         return self.trunk.rules(q_kind, torch.zeros_like(q_kind), k_kind, k_step)
 
+    # --- compiled inference --------------------------------------------------------------------------
+    def compile_inference(self) -> None:
+        """torch.compile what a streaming step runs (each camera's vision encoder on one frame, the trunk's
+        pass over the new timestep) for inference on a CPU or GPU: Inductor with weight freezing (the
+        weights become constants, linear layers prepacked) and max-autotune (its GEMM templates against
+        ATen's). The first steps compile (tens of seconds on 2 CPU cores; see the README); a pass compiles
+        again only for a new shape (observing without reading out, another number of readouts).
+
+        Used only under `torch.no_grad()` in eval mode; training and gradients run the modules
+        themselves. The compiled code holds the weights it was compiled with: compile last, after
+        loading weights and moving the model to its device."""
+        options = {"freezing": True, "max_autotune": True}
+        parts = [("trunk", self._stream_trunk), *((f"vision.{c}", m) for c, m in self.vision.items())]
+        self._compiled = {name: torch.compile(part, options=options, dynamic=False) for name, part in parts}
+
+    def _inference(self, name: str, part):
+        """`part` (a module or method), or its compiled twin where `compile_inference` made one and this is
+        inference."""
+        compiled = getattr(self, "_compiled", {})
+        if name in compiled and not self.training and not torch.is_grad_enabled():
+            return compiled[name]
+        return part
+
     # --- heads -------------------------------------------------------------------------------------------
-    def split_readouts(self, h: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """(..., n_readout, d) -> ({camera: (..., q, d)}, act (..., d) or None when [ACT] was left out)."""
+    def split_readouts(
+        self, h: torch.Tensor, action: bool = True, foresight: bool = True
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """(..., n_readout', d) readouts of a pass with these `action`/`foresight` flags -> ({camera: (..., q,
+        d)}, empty without foresight; act (..., d), or None without [ACT])."""
+        chosen = self.layout.readout_slice(action, foresight)
+        if h.shape[-2] != chosen.stop - chosen.start:
+            raise ValueError(f"{h.shape[-2]} readout tokens, but action={action}, foresight={foresight} "
+                             f"gives {chosen.stop - chosen.start}")  # fmt: skip
         slices = self.layout.group_slices(self.layout.readout)
-        obs = {c: h[..., slices[f"obs.{c}"], :] for c in self.cameras}
-        has_act = h.shape[-2] == self.layout.n_readout
-        return obs, h[..., slices["act"], :].squeeze(-2) if has_act else None
+        obs = {c: h[..., slices[f"obs.{c}"], :] for c in self.cameras} if foresight else {}
+        return obs, h[..., -1, :] if action else None
 
 
 def _init_weights(module: nn.Module) -> None:

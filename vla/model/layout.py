@@ -97,16 +97,23 @@ class TokenLayout:
         return out
 
     def tokens(
-        self, steps: int, readouts: str = "all", n_obs: int | None = None, action: bool = True, text: int = 0
+        self,
+        steps: int,
+        readouts: str = "all",
+        n_obs: int | None = None,
+        action: bool = True,
+        text: int = 0,
+        foresight: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(kind, timestep) per token of a sequence: the prefix, then per timestep its `n_obs` observation
         tokens (default: every group) followed by its readouts ("all" timesteps, only the "last", or
-        "none"; without [ACT] unless `action`), then `text` caption tokens at the last timestep.
-        Prefix tokens have timestep -1."""
+        "none"; the [OBS] queries only with `foresight`, [ACT] only with `action`: see `readout_slice`),
+        then `text` caption tokens at the last timestep. Prefix tokens have timestep -1."""
         if readouts not in ("all", "last", "none"):
             raise ValueError(f"readouts must be all, last or none, got {readouts!r}")
         n_obs = self.n_obs if n_obs is None else n_obs
-        n_readout = self.n_readout - (0 if action else 1)  # [ACT] is the last readout token
+        chosen = self.readout_slice(action, foresight)
+        n_readout = chosen.stop - chosen.start
         kinds = [Kind.PREFIX] * self.n_prefix
         step_ids = [-1] * self.n_prefix
         for t in range(steps):
@@ -116,6 +123,14 @@ class TokenLayout:
         kinds += [Kind.TEXT] * text
         step_ids += [steps - 1] * text
         return torch.tensor(kinds), torch.tensor(step_ids)
+
+    def readout_slice(self, action: bool = True, foresight: bool = True) -> slice:
+        """Which of a timestep's readout tokens a pass carries: the [OBS] queries (first) only where
+        foresight is decoded, [ACT] (last) only where an action is. Nothing reads a readout, so leaving
+        some out changes none of the others. Raises ValueError for neither (use readouts="none")."""
+        if not (action or foresight):
+            raise ValueError('a pass without [ACT] and without [OBS] queries reads nothing out: use readouts="none"')
+        return slice(0 if foresight else self.n_readout - 1, self.n_readout if action else self.n_readout - 1)
 
     def mask(self, steps: int, readouts: str = "all", **groups) -> torch.Tensor:
         """(L, L) bool: query i may read key j."""

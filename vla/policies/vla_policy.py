@@ -151,7 +151,7 @@ class VLAPolicy(nn.Module):
         h = self.model(lang, obs, pad, readouts="all" if every else "last", action=action)
         # Supervised steps: (B, T, n_readout, d) with every step, else the last one (B, n_readout, d).
         h, step_keep = (h, ~pad) if every else (h[:, -1], torch.ones_like(pad[:, -1]))
-        obs_readouts, act = self.model.split_readouts(h)
+        obs_readouts, act = self.model.split_readouts(h, action=action)
         if action:
             losses["action"], metrics = self._action_loss(act, batch, step_keep)
         foresight = [k for k in self.image_keys if keys.future_key(k) in batch and self.config.foresight_weight > 0]
@@ -240,6 +240,17 @@ class VLAPolicy(nn.Module):
         return tokenizer.decode(ids[0], skip_special_tokens=True)
 
     # --- inference -----------------------------------------------------------------------------------
+    def compile_inference(self) -> VLAPolicy:
+        """torch.compile the streaming step for inference (`GR1.compile_inference`: the first steps take
+        tens of seconds to compile on a CPU, later ones run faster: see the README's inference table).
+        Call after loading weights and moving to the device; the policy is put in eval mode. Raises
+        UserError for a policy that recomputes the window (its shapes change with every step)."""
+        if not self.streaming:
+            raise UserError("compiled inference needs a streaming policy: the full window's shapes grow every step")
+        self.eval()
+        self.model.compile_inference()
+        return self
+
     def reset(self) -> None:
         """Start an episode: forget the observation history and the cache."""
         self._history: deque = deque(maxlen=self.history)  # raw observations, newest last
@@ -266,7 +277,8 @@ class VLAPolicy(nn.Module):
                 return None
             window = {k: torch.cat([s[k] for s in self._history], dim=1) for k in self._obs_keys()}
             lang = self._lang([instruction])
-            return self.model(lang, self._observation_tokens(window, lang), readouts="last")[:, -1]
+            tokens = self._observation_tokens(window, lang)
+            return self.model(lang, tokens, readouts="last", foresight=self.foresee)[:, -1]
         if self._cache is None or instruction != self._instruction:
             # A new instruction changes the prefix every cached token read (and, with FiLM, the image
             # tokens themselves): rebuild from the history.
@@ -276,7 +288,7 @@ class VLAPolicy(nn.Module):
                 self.model.stream_observe(self._cache, self._observation_tokens(past, self._cache_lang)[:, 0])
         tokens = self._observation_tokens(step, self._cache_lang)[:, 0]
         if readout:
-            return self.model.stream_step(self._cache, tokens)
+            return self.model.stream_step(self._cache, tokens, foresight=self.foresee)
         self.model.stream_observe(self._cache, tokens)
         return None
 
@@ -285,7 +297,7 @@ class VLAPolicy(nn.Module):
 
     def _decode(self, h: torch.Tensor) -> Prediction:
         """Readout states (1, n_readout, d) -> raw-unit actions and, per horizon, uint8 frames."""
-        obs_readouts, act = self.model.split_readouts(h)
+        obs_readouts, act = self.model.split_readouts(h, foresight=self.foresee)
         if self.model.action_head is None:  # pretrained on video alone: it foresees, it does not act
             actions = torch.zeros(0, 0)
         else:

@@ -43,6 +43,8 @@ class ControlConfig:
     task: str | None = option(None, help="sim: the task (default: the policy's first eval task)")
     seed: int | None = option(None, min=0, help="sim: the episode seed (default: the robot config's)")
     threads: int | None = option(None, min=1, help="torch threads (default: cores - 1, at most 4)")
+    compile: bool = option(False, help="torch.compile the policy's streaming step before the loop starts "
+                           "(tens of seconds; faster steps: see the README's inference table)")  # fmt: skip
     record: str | None = option(None, metavar="STORE", help="append the run to this store as an episode")
     success: str | None = option(None, choices=("yes", "no"), help="the recorded episode's label (default: the "
                                  "sim's)")  # fmt: skip
@@ -64,14 +66,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # --- building the pieces ---------------------------------------------------------------------------
-def load_policy(spec: str):
-    """A checkpoint policy (actions only, no foresight decoding), a LeRobot one (`lerobot:PATH`) or None for `zero`."""
+def load_policy(spec: str, compile: bool = False):
+    """A checkpoint policy (actions only, no foresight decoding; `compile`: its streaming step compiled), a
+    LeRobot one (`lerobot:PATH`) or None for `zero`."""
     if spec == "zero":
         return None
     from vla.checkpoint import load_policy, resolve
     from vla.policies.lerobot_policy import is_lerobot, load_lerobot_policy
 
     if is_lerobot(spec):
+        if compile:
+            raise UserError(f"--compile is for vla checkpoints; {spec} runs in LeRobot's own environment")
         return load_lerobot_policy(spec)
     try:
         resolve(spec)
@@ -79,7 +84,7 @@ def load_policy(spec: str):
         raise UserError(f"--policy {spec!r} is neither zero nor a checkpoint directory (no policy.yaml + "
                         "model.safetensors in it or in its checkpoint/)") from None  # fmt: skip
     # The loop needs actions; decoding foreseen frames would only add latency.
-    return load_policy(spec, foresee=False, acting=True)
+    return load_policy(spec, foresee=False, acting=True, compile=compile)
 
 
 def _policy_features(policy) -> dict[str, keys.Spec] | None:
@@ -188,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     cmd = from_args(ControlConfig, args)  # the flags checked before anything is loaded or moved
     loop_cfg = from_args(LoopConfig, args, instruction="")
-    policy = load_policy(cmd.policy)
+    policy = load_policy(cmd.policy, cmd.compile)
     cfg = _config(cmd, args.set, policy)
     robot = build_robot(cmd, cfg, policy, loop_cfg.hz)
     recorder, instruction = None, (cmd.instruction or "").strip()
