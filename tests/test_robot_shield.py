@@ -144,6 +144,23 @@ def test_repeated_frames_are_a_fault_only_once_the_arm_moved():
     assert watch.check(cfg, obs(0.1))[0][0] == "frozen_camera"
 
 
+def test_the_frozen_camera_check_can_be_turned_off_and_is_off_for_the_tabletop_twin():
+    """null: no frozen-camera check (a renderer cannot freeze; the tabletop's wrist camera over the plain
+    table renders one frame while the arm moves); 0, negatives and booleans are refused in one line."""
+    from vla.robot.shield import FrozenFrames
+
+    frame = np.zeros((4, 4, 3), np.uint8)
+    obs = lambda x: {keys.image_key("cam"): frame, keys.OBS_STATE: np.array([x, 0, 0, 1], np.float32)}  # noqa: E731
+    watch, cfg = FrozenFrames(), ShieldConfig(max_frozen_ticks=None, max_step=[0.01])
+    assert all(watch.check(cfg, obs(0.05 * i)) == [] for i in range(20))
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(UserError, match="max_frozen_ticks must be an integer >= 1 or null"):
+            ShieldConfig(max_frozen_ticks=bad)
+    root = Path(__file__).resolve().parents[1] / "configs/robot"
+    assert load_robot_config(root / "sim-tabletop.yaml").shield.max_frozen_ticks is None
+    assert load_robot_config(root / "sim-metaworld.yaml").shield.max_frozen_ticks == 3
+
+
 def test_a_bad_reply_is_never_remembered():
     shield = Shield(ShieldConfig(action_mode="absolute", arm=[0, 1], state_index=[0, 1], gripper=2, gripper_low=0.0,
                                  gripper_high=100.0), 3, 3, hz=10)  # fmt: skip

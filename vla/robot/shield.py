@@ -68,7 +68,7 @@ class ShieldConfig:
     gripper_state: int | None = None  # absolute mode: state dim measuring the gripper (held before any command)
     gripper_hold: float = 0.0  # gripper command held before any was sent, when there is no gripper_state
     max_obs_age: float = 0.5  # s: an older observation makes the shield hold (the watchdog)
-    max_frozen_ticks: int = 3  # ticks a camera frame may repeat while the arm moves; more: hold (frozen camera)
+    max_frozen_ticks: int | None = 3  # ticks a frame may repeat while the arm moves; more: hold; null: no check
     stop_after: float = 1.0  # s of uninterrupted fault holds before a safe stop
     stop_hold: float = 0.3  # s a safe stop keeps holding before it disconnects
 
@@ -94,8 +94,9 @@ class ShieldConfig:
             raise UserError(f"shield gripper_low {self.gripper_low} exceeds gripper_high {self.gripper_high}")
         if min(self.max_obs_age, self.stop_after) <= 0 or self.stop_hold < 0 or self.delta_scale <= 0:
             raise UserError("shield max_obs_age, stop_after and delta_scale must be > 0, stop_hold >= 0")
-        if not isinstance(self.max_frozen_ticks, int) or self.max_frozen_ticks < 1:
-            raise UserError(f"shield max_frozen_ticks must be an integer >= 1, got {self.max_frozen_ticks!r}")
+        frozen = self.max_frozen_ticks
+        if frozen is not None and (not isinstance(frozen, int) or isinstance(frozen, bool) or frozen < 1):
+            raise UserError(f"shield max_frozen_ticks must be an integer >= 1 or null (no check), got {frozen!r}")
 
     def check_dims(self, action_dim: int, state_dim: int) -> None:
         """Every action dim must be shielded (arm or gripper); indices must exist."""
@@ -248,7 +249,9 @@ class FrozenFrames:
 
     def check(self, cfg: ShieldConfig, data: dict[str, np.ndarray]) -> list[tuple[str, str]]:
         """Record this observation's frames; [("frozen_camera", why)] if one repeated on more than
-        `cfg.max_frozen_ticks` ticks while the arm moved, else []."""
+        `cfg.max_frozen_ticks` ticks while the arm moved, else [] (always [] where that is None)."""
+        if cfg.max_frozen_ticks is None:
+            return []
         state = data.get(keys.OBS_STATE)
         pos = None if state is None else np.asarray(state, np.float64)[cfg.state_index]
         problems = []
