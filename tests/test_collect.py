@@ -132,12 +132,56 @@ def test_ctrl_c_with_workers_is_one_line(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole group
     try:
         _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # say what it was doing, and leave no collect running
+    except subprocess.TimeoutExpired:  # say where it was stuck (its threads' stacks), and leave nothing running
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"vla collect still ran 60 s after Ctrl-C; its stderr ended: {proc.communicate()[1][-1500:]}")
+        pytest.fail(f"vla collect still ran 60 s after Ctrl-C; its stderr ended: {proc.communicate()[1][-6000:]}")
     assert proc.returncode == 130
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.rstrip().endswith("vla collect: interrupted")
+
+
+def test_stop_pool_kills_workers_whose_terminate_hangs():
+    """`Pool.terminate()` can wait for good on a queue lock a worker holds; `stop_pool` then kills the
+    workers within its timeout instead of hanging the command."""
+    import time
+
+    from vla.envs import process_pool, stop_pool
+
+    pool = process_pool(2)
+    assert pool.map(abs, [-1, -2]) == [1, 2]
+    workers = list(pool._pool)
+    pool._outqueue._wlock.acquire()  # as a worker sending a result holds it: terminate's sentinel waits for it
+    try:
+        start = time.monotonic()
+        stop_pool(pool, timeout=1.0)
+        assert time.monotonic() - start < 10
+        assert not any(worker.is_alive() for worker in workers)
+    finally:
+        pool._outqueue._wlock.release()  # the stuck terminate goes on and ends
+
+
+def test_sigusr1_prints_every_threads_stack(tmp_path):
+    """`kill -USR1 <pid>` makes any vla command print its threads' Python stacks to stderr and go on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s.zarr"
+    argv = [sys.executable, "-m", "vla.cli", "collect", "--suite", "tabletop", "--tasks", "lift-block",
+            "--episodes-per-task", "30", "--image-size", "16", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _episodes_in(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Current thread" in err and 'File "' in err  # faulthandler's dump, then the run went on to the end
+    assert _episodes_in(out) == 30
 
 
 def _episodes_in(path) -> int:

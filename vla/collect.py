@@ -185,7 +185,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> CollectReport:
     finally:
         bar.close()
         if pool:
-            pool.terminate()
+            envs.stop_pool(pool)
         _close_worker_envs()
         store.close_or_remove(created)
     report.seconds = time.perf_counter() - start

@@ -386,7 +386,7 @@ def _run_jobs(setup: Setup, jobs: list[Job], workers: int, progress: bool, loade
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            envs.stop_pool(pool)
         if worker is not None:
             worker.close()
     return results

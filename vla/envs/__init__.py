@@ -96,7 +96,7 @@ def episode_seed(seed: int, suite: str, split: str, task: str, attempt: int) -> 
 
 def process_pool(workers: int, initializer=None, initargs: tuple = ()):
     """A pool of `workers` spawned processes (simulators, policies) that ignore SIGINT: Ctrl-C reaches the
-    parent alone, which stops them (`pool.terminate()`) and prints one line, so no worker prints a
+    parent alone, which stops them (`stop_pool`) and prints one line, so no worker prints a
     KeyboardInterrupt traceback. They inherit the ignored signal from the moment they start (an ignored
     signal stays ignored across exec, and Python keeps it so)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
@@ -106,6 +106,26 @@ def process_pool(workers: int, initializer=None, initargs: tuple = ()):
         return mp.get_context("spawn").Pool(workers, initializer, initargs)
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def stop_pool(pool, timeout: float = 5.0) -> None:
+    """`pool.terminate()`, and if that has not returned within `timeout` seconds, kill the workers.
+
+    terminate() can wait for good: its shutdown puts a sentinel on the result queue, which waits for the
+    queue's write lock while a worker holds it (a worker still sending a result nobody will read). Once
+    in about ten runs, `vla collect --workers 2` still ran 60 s after a Ctrl-C; where it waited was not
+    caught (`kill -USR1` now shows it), and this bounds the wait whatever it was in terminate(). A stuck
+    terminate is left in a daemon thread, which the interpreter does not wait for at exit (and its
+    finalizer has run: the pool is not terminated again at exit)."""
+    stopper = threading.Thread(target=pool.terminate, name="stop-pool", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    if stopper.is_alive():
+        workers = list(pool._pool)  # the pool's worker processes (a copy: its handler thread edits the list)
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join(timeout)
 
 
 # Suites whose seed picks one of a finite set of scenes: (seed, split) -> a seed whose scene is the split's.
