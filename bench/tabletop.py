@@ -7,7 +7,8 @@ images, or started from video pretraining.
     python bench/tabletop.py --out runs/bench-tabletop --variants robot,video --init-from runs/tt-pretrain
 
 The robot store holds `--demos` expert demonstrations of each of the 11 tasks, collected from the train split
-(`vla collect --suite tabletop --tasks all --split train`). Variants (`--variants`, any of):
+(`vla collect --suite tabletop --tasks all --split train`, with `--action-noise`'s DART noise where given).
+Variants (`--variants`, any of):
   robot       the robot store alone
   image-text  the robot store mixed with captioned tabletop scenes (`vla collect --kind image-text
               --held-out-colours`: the images also show the colour x kind combinations the unseen split
@@ -66,7 +67,7 @@ def _stores(args, out: Path, variants: list[str]) -> tuple[str, str | None, dict
     start = time.perf_counter()
     robot = str(out / "robot.zarr")
     collect(CollectConfig(suite="tabletop", tasks="all", split="train", episodes_per_task=args.demos,
-                          workers=args.workers, seed=args.seed, out=robot))  # fmt: skip
+                          workers=args.workers, seed=args.seed, action_noise=args.action_noise, out=robot))  # fmt: skip
     times["collect_robot_s"] = time.perf_counter() - start
     if "image-text" not in variants:
         return robot, None, times
@@ -183,6 +184,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--variants", default="robot,image-text", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--train-seeds", default="0", help="training seeds (comma list), every variant once per seed")
     parser.add_argument("--demos", type=int, default=50, help="expert demonstrations of each of the 11 tasks")
+    parser.add_argument("--action-noise", type=float, default=0.0, help="DART noise of the robot demonstrations "
+                        "(vla collect --action-noise; a store of another noise needs another --out)")  # fmt: skip
     parser.add_argument("--scenes", type=int, default=100, help="image-text: scenes per task, 3 captions each")
     parser.add_argument("--image-text-weight", type=float, default=0.25, help="image-text: share of the batches")
     parser.add_argument("--contrastive-weight", type=float, default=0.1, help="image-text: policy.contrastive_weight")
@@ -216,6 +219,7 @@ def _args() -> argparse.Namespace:
             check_value(f"--{flag.replace('_', '-')}", getattr(args, flag), min=1)
         check_value("--eval-seed", args.eval_seed, min=0)
         check_value("--seed", args.seed, min=0)
+        check_value("--action-noise", args.action_noise, min=0.0, max=1.0)
         check_value("--image-text-weight", args.image_text_weight, gt=0.0, max=0.99)
         check_value("--contrastive-weight", args.contrastive_weight, min=0.0)
         if args.max_steps is not None:
@@ -259,7 +263,8 @@ def main() -> None:
     results = {v: _result(reports[v], seconds[v]) for v in args.variants}
     cfg = args.cfg
     _print(args, cfg, results, {**info, "load_after": round(os.getloadavg()[0], 2)})
-    print(json.dumps({"demos": args.demos, "scenes": args.scenes if captions else None, "config": args.config,
+    print(json.dumps({"demos": args.demos, "action_noise": args.action_noise,
+                      "scenes": args.scenes if captions else None, "config": args.config,
                       "set": args.set, "preset": cfg.policy.preset, "steps": args.steps,
                       "batch_size": cfg.train.batch_size, "train_seeds": args.train_seeds,
                       "image_text_weight": args.image_text_weight, "contrastive_weight": args.contrastive_weight,
@@ -274,8 +279,9 @@ def _count(n: int, noun: str) -> str:
 
 def _print(args, cfg, results: dict, info: dict) -> None:
     seeds = ", ".join(map(str, args.train_seeds))
+    demos = _count(args.demos, "demonstration") + (f" (DART noise {args.action_noise:g})" if args.action_noise else "")
     print(f"\n`{cfg.policy.preset}`, {args.steps} steps at batch {cfg.train.batch_size} ({args.config}), training "
-          f"seeds {seeds}; {_count(args.demos, 'demonstration')} per task; {_count(args.episodes, 'episode')} per "
+          f"seeds {seeds}; {demos} per task; {_count(args.episodes, 'episode')} per "
           f"task and split and {_count(args.chain_episodes, 'chain')} per run, pooled over seeds; "
           f"{describe(info)}:\n")  # fmt: skip
     print("| variant | train success (95% Wilson CI) | unseen success (95% Wilson CI) | unseen / train | "

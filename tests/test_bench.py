@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vla import keys
+from vla.datasets.sampler import WindowSpec, make_datasets
 from vla.datasets.store import TrajectoryStore
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -116,3 +117,12 @@ def test_language_reliance_changes_only_the_instruction(metaworld_store, tmp_pat
     for losses in heard["loss"].values():
         assert losses["own"] != losses["other-task"]
     assert capsys.readouterr().out.splitlines()[-1].startswith('{"policy"')
+    early = bench.main(["--policy", str(run), "--windows", "8", "--device", "cpu", "--first-steps", "3"])
+    assert early["first_steps"] == 3 and set(early["loss"]) == set(heard["loss"])
+    _, val = make_datasets(cfg.data.stores[0].path, WindowSpec.of(cfg.policy), 0.5, cfg.train.seed)
+    rng = np.random.default_rng(0)
+    for first_steps, most in ((3, 3), (0, 10**6)):
+        chosen = bench.windows_of(val, "reach-v3", 100, first_steps, rng)
+        steps = val.anchor_step[chosen] - val.store.episode_starts[val.anchor_episode[chosen]]
+        assert len(chosen) and steps.max() < most and set(val.tasks[val.anchor_episode[chosen]]) == {"reach-v3"}
+    assert len(bench.windows_of(val, "reach-v3", 100, 3, rng)) == 3  # one validation episode of the task

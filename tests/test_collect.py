@@ -2,11 +2,13 @@
 
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 from vla import keys
 from vla.cli import main
+from vla.collect import dart_noise
 from vla.datasets.store import StoreError, TrajectoryStore
 
 TASKS = "reach-v3,drawer-close-v3"
@@ -99,6 +101,41 @@ def test_tabletop_collect_lists_every_task_and_both_cameras(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert len(info["tasks"]) >= 10 and info["cameras"] == ["static", "wrist"]
     assert info["success_rate"] == 1.0
+
+
+def test_dart_noise_moves_the_hand_off_the_stored_actions_and_not_the_gripper(tmp_path, capsys):
+    """`--action-noise`: the store keeps the expert's actions while the hand moved by noisy ones, so the
+    displacement the state shows departs from the stored action by about the noise, not without it."""
+    off_action = {}
+    for noise in ("0", "0.3"):
+        out = tmp_path / f"noise{noise}.zarr"
+        assert main(["collect", "--suite", "tabletop", "--tasks", "lift-block,open-drawer", "--episodes-per-task",
+                     "2", "--image-size", "16", "--action-noise", noise, "-q", "--out", str(out)]) == 0  # fmt: skip
+        store = TrajectoryStore.open(out)
+        residuals = []
+        for i in range(store.num_episodes):
+            episode = store.episode(i)
+            moved = np.diff(episode[keys.OBS_STATE][:, :3], axis=0)
+            residuals.append(moved - episode[keys.ACTION][:-1, :3])
+        off_action[noise] = float(np.concatenate(residuals).std())
+        assert store.attrs["collect"].get("action_noise") == (0.3 if noise == "0.3" else None)
+    assert off_action["0.3"] > 0.004 > 3 * off_action["0"]  # 0.3 x the 25 mm bound: ~6 mm once the arm follows
+    capsys.readouterr()
+    assert main(["collect", "--suite", "tabletop", "--kind", "video", "--action-noise", "0.3", "--out",
+                 str(tmp_path / "video.zarr")]) == 2  # fmt: skip
+    assert "--action-noise applies to --kind robot" in capsys.readouterr().err
+
+
+def test_dart_noise_spares_the_gripper_stays_in_bounds_and_follows_the_seed():
+    high = np.array([0.025, 0.025, 0.025, 1.0], np.float32)
+    space = gym.spaces.Box(-high, high)
+    action = np.array([0.02, 0.0, -0.02, 1.0], np.float32)
+    perturbs = (dart_noise(space, 0.3, 5), dart_noise(space, 0.3, 5), dart_noise(space, 0.3, 6))
+    first, again, other = (np.stack([perturb(action) for _ in range(2000)]) for perturb in perturbs)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert (first[:, 3] == 1.0).all() and (first >= space.low).all() and (first <= space.high).all()
+    assert abs(first[:, 1].std() - 0.3 * 0.025) < 0.0005  # the unclipped axis: the asked-for std
 
 
 def test_a_collect_that_keeps_no_episode_leaves_no_store(tmp_path, capsys):

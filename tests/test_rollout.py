@@ -132,6 +132,14 @@ def test_record_episode_keeps_what_act_saw_and_did():
     assert (episode.instruction, episode.task) == ("count up", "count")
 
 
+def test_record_episode_with_perturb_keeps_the_chosen_action_and_steps_the_perturbed_one():
+    """DART collection: the env executes the perturbed action, the episode keeps the one `act` chose."""
+    env = CountEnv()
+    episode = record_episode(env, lambda obs, _: obs[keys.OBS_STATE] * 0 + 0.25, 0, 3, perturb=lambda a: a - 1.0)
+    assert episode.data[keys.ACTION][:, 0].tolist() == [0.25] * 3
+    assert [float(a[0]) for a in env.applied] == [-0.75] * 3
+
+
 def test_a_suite_episode_through_the_loop():
     suite = envs.get_suite("tabletop")
     env = suite.make_env("lift-block", image_size=16, cameras=("static",))

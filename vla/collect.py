@@ -53,12 +53,19 @@ class CollectConfig:
                        "image-text (captioned tabletop scenes; --episodes-per-task counts scenes)")  # fmt: skip
     frame_stride: int = option(1, min=1, help="video: keep every n-th frame (the store's fps is the env's / n)")
     captions_per_image: int = option(3, min=1, help="image-text: captions (episodes) per scene")
+    action_noise: float = option(0.0, min=0.0, max=1.0, help="robot: DART noise, the std of Gaussian noise added "
+                                 "to the executed action's position axes as a share of each axis's bound (the "
+                                 "gripper untouched); the store keeps the expert's own action, so the policy "
+                                 "learns how the expert recovers from states its own errors lead to")  # fmt: skip
     held_out_colours: bool = option(False, help="image-text: draw every object's colour from all eight, so the "
                                     "images also show the colour x kind combinations the tabletop unseen split "
                                     "holds out of robot data (a purple block)")  # fmt: skip
 
     def __post_init__(self):
         check_fields(self)
+        if self.action_noise and self.kind != "robot":
+            raise UserError(f"--action-noise applies to --kind robot, not --kind {self.kind}: only robot stores "
+                            "keep actions")  # fmt: skip
         if self.frame_stride != 1 and self.kind != "video":
             raise UserError(f"--frame-stride applies to --kind video, not --kind {self.kind}")
         if self.held_out_colours and self.kind != "image-text":
@@ -95,15 +102,31 @@ _worker_envs: dict = {}
 
 
 def _episode_job(job: tuple) -> Episode:
-    suite_name, task, split, image_size, cameras, max_steps, steps_after_success, seed = job
+    suite_name, task, split, image_size, cameras, max_steps, steps_after_success, action_noise, seed = job
     if task not in _worker_envs:
         suite = envs.get_suite(suite_name)
         env = suite.make_env(task, image_size=image_size, cameras=cameras, split=split, max_episode_steps=max_steps)
         _worker_envs[task] = (env, suite.make_expert(env))
     env, expert = _worker_envs[task]
     expert.reset(seed)
+    perturb = dart_noise(env.action_space, action_noise, seed) if action_noise else None
     # The env truncates at its own episode limit (or max_steps); the rollout bound is only a backstop.
-    return record_episode(env, lambda obs, _: expert.act(obs), seed, max_steps or 100_000, steps_after_success)
+    return record_episode(env, lambda obs, _: expert.act(obs), seed, max_steps or 100_000, steps_after_success,
+                          perturb)  # fmt: skip
+
+
+def dart_noise(space, share: float, seed: int):
+    """DART's perturbation (Laskey et al. 2017, "DART: Noise Injection for Robust Imitation Learning"):
+    `action -> action + N(0, (share * bound)^2)` on every axis but the last (the gripper), clipped to the
+    action space; the noise is drawn from `seed`, so an episode's store is the same whatever the workers."""
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0xDA27])
+    std = share * np.asarray(space.high, np.float64)
+    std[-1] = 0.0
+
+    def perturb(action: np.ndarray) -> np.ndarray:
+        return np.clip(action + rng.normal(0.0, std), space.low, space.high).astype(np.float32)
+
+    return perturb
 
 
 def _close_worker_envs() -> None:
@@ -118,7 +141,9 @@ def store_layout(cfg: CollectConfig, env_specs: dict[str, keys.Spec], env_fps: f
     image-text stores only the images; an image-text store has no time axis (fps 0)."""
     recipe = {k: v for k, v in asdict(cfg).items() if k in ("suite", "split", "image_size", "seed")}
     if cfg.kind == "robot":
-        return env_specs, env_fps, recipe  # the recipe robot stores have always carried
+        if cfg.action_noise:  # recorded only when set, so stores made before the flag still resume
+            recipe["action_noise"] = cfg.action_noise
+        return env_specs, env_fps, recipe
     recipe["kind"] = cfg.kind
     if cfg.kind == "video":
         recipe["frame_stride"] = cfg.frame_stride
@@ -212,6 +237,7 @@ def _collect_task(cfg, store, task, split, cameras, run, bar) -> TaskReport:
                 cameras,
                 cfg.max_steps,
                 cfg.steps_after_success,
+                cfg.action_noise,
                 seeds(a),
             )
             for a in batch

@@ -4,7 +4,9 @@
 
 `act(obs, instruction) -> action` is called once per env step with the current observation and the
 instruction in force: the reset's, until a step's info gives another (a chain moving on). The action
-is cast to float32 and stepped. Observers see the episode as it happens, always in this order:
+is cast to float32 and stepped, or `perturb(action)` is stepped where given (DART collection: the env
+executes a noisy action, observers see, and a store keeps, the one `act` chose). Observers see the
+episode as it happens, always in this order:
 
     on_reset(run, obs, info)   after env.reset(seed)
     on_act(run, obs, action)   after act, before the env steps; run.steps: the steps taken before it
@@ -74,6 +76,7 @@ def rollout(
     max_steps: int,
     steps_after_success: int = 0,
     observers: Sequence[Observer] = (),
+    perturb: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Rollout:
     """Roll `act` out from `env.reset(seed=seed)` until the episode ends (see the module docstring)."""
     obs, info = env.reset(seed=seed)
@@ -85,7 +88,7 @@ def rollout(
         action = np.asarray(act(obs, run.instructions[-1]), np.float32)
         for o in observers:
             o.on_act(run, obs, action)
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(perturb(action) if perturb else action)
         run.steps, run.info = run.steps + 1, info
         if info[keys.SUCCESS] and not run.success:
             run.steps_to_success = run.steps
@@ -156,8 +159,16 @@ class Recorder(Observer):
         return {**{k: np.stack(v) for k, v in self.observations.items()}, keys.ACTION: np.stack(self.actions)}
 
 
-def record_episode(env: gym.Env, act: Act, seed: int, max_steps: int, steps_after_success: int = 10) -> Episode:
-    """`rollout`, keeping the observations seen and the actions taken."""
+def record_episode(
+    env: gym.Env,
+    act: Act,
+    seed: int,
+    max_steps: int,
+    steps_after_success: int = 10,
+    perturb: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Episode:
+    """`rollout`, keeping the observations seen and the actions `act` chose (with `perturb`, not the
+    actions executed)."""
     recorder = Recorder()
-    run = rollout(env, act, seed, max_steps, steps_after_success, [recorder])
+    run = rollout(env, act, seed, max_steps, steps_after_success, [recorder], perturb)
     return Episode(recorder.data(), run.instruction, run.task, run.success, seed, run.steps_to_success)
