@@ -126,3 +126,41 @@ def test_language_reliance_changes_only_the_instruction(metaworld_store, tmp_pat
         steps = val.anchor_step[chosen] - val.store.episode_starts[val.anchor_episode[chosen]]
         assert len(chosen) and steps.max() < most and set(val.tasks[val.anchor_episode[chosen]]) == {"reach-v3"}
     assert len(bench.windows_of(val, "reach-v3", 100, 3, rng)) == 3  # one validation episode of the task
+
+
+def _bench_module(name: str, monkeypatch):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setitem(sys.modules, name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_target_reach_counts_the_named_block_and_a_wrong_one_reached_first(monkeypatch):
+    bench = _bench_module("target_reach", monkeypatch)
+    Reach = bench.Reach
+    episodes = [
+        Reach(0.01, 0.005, first_reach=30, first_wrong=60, others=2, success=True),  # to it, past another after
+        Reach(0.02, 0.01, first_reach=50, first_wrong=20, others=1),  # another block first, then the named one
+        Reach(0.08, 0.06, first_reach=None, first_wrong=40, others=1),  # only another block
+        Reach(0.12, 0.10, first_reach=None, first_wrong=None, others=0),  # nowhere; no other block to confuse
+    ]
+    row = bench.summarize(episodes)
+    assert row["reached"] == 0.5 and row["success"] == 0.25 and row["episodes"] == 4
+    assert row["with_other_blocks"] == 3 and row["wrong_block"] == 2 / 3
+    assert abs(row["closest_xy_cm"] - 3.5) < 1e-9  # median of 0.5, 1, 6 and 10 cm
+
+
+def test_target_reach_the_expert_reaches_the_named_block_and_the_zero_policy_does_not(monkeypatch):
+    from types import SimpleNamespace
+
+    from vla import envs
+
+    bench = _bench_module("target_reach", monkeypatch)
+    args = SimpleNamespace(split="train", max_steps=120, episodes=1, seed=0, radius=0.03)
+    suite = envs.get_suite("tabletop")
+    (expert,) = bench._episodes("expert", None, suite, "lift-block", args)
+    (zero,) = bench._episodes("zero", None, suite, "lift-block", args)
+    assert expert.first_reach is not None and expert.closest < 0.01 and expert.success
+    assert zero.first_reach is None and not zero.success and zero.closest_xy > 0.03
