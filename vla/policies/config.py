@@ -102,6 +102,9 @@ class PolicyConfig:
     foresight_offsets: list[int] = option([3], min=1, help="the foreseen frames are these many steps ahead")
     every_step_loss: bool = option(False, help="supervise the readouts of every step of the window (GR-1), not "
                                    "only the last")  # fmt: skip
+    random_shift: int = option(0, min=0, help="training only: shift each window's frames (history and future "
+                               "together, per camera) by up to this many pixels, edges replicated (DrQ's random "
+                               "shift); 0 off")  # fmt: skip
     # --- executing chunks (vla.policies.executor) ---
     n_action_steps: int = option(5, min=1, help="actions executed from each chunk before the next prediction")
     temporal_ensemble: float = option(0.0, min=0.0, help="k > 0: predict every step and average overlapping "

@@ -32,6 +32,7 @@ from vla.errors import UserError
 from vla.model.encoders import SentenceEncoder
 from vla.model.gr1 import GR1, StreamCache
 from vla.model.text import CAPTION_PROMPT
+from vla.policies.augment import shift_window
 from vla.policies.base import Prediction
 from vla.policies.config import PolicyConfig, resolve_gripper
 from vla.policies.normalizer import Normalizer
@@ -143,6 +144,8 @@ class VLAPolicy(nn.Module):
         future frames. With `every_step_loss` each step's readouts are supervised (GR-1), padded steps
         masked; otherwise only the last step's."""
         losses, metrics = {}, {}
+        if self.training and self.config.random_shift:
+            batch = shift_window(batch, self.image_keys, self.config.random_shift)
         lang = self._lang(batch[keys.INSTRUCTION])
         obs = self._observation_tokens(batch, lang)
         pad = next(batch[keys.pad_key(k)] for k in self.image_keys if k in batch)  # (B, T)
