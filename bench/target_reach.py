@@ -9,7 +9,8 @@ out by the policy and, on the same seeds, by the zero policy (the hand stays whe
 baseline) and by the scripted expert (the reference). Every step records the grip point's distance to the
 named block (stack-blocks: the top one, the block to pick) and to the nearest other block. Per policy and task:
   reached        share of episodes whose grip point came within `--radius` (3D) of the named block's centre,
-                 where a grasp or a push starts
+                 where a grasp starts (push-block-to-pad: within `--radius` + 4 cm, as its expert pushes from
+                 4 cm behind the block's centre)
   wrong block    share of the episodes with another block on the table whose grip point came within
                  `--radius` of another block before (or without) reaching the named one
   closest xy     median over episodes of the closest the hand came to the named block, horizontally (cm)
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from vla import checkpoint, envs
 from vla.envs.rollout import Observer, Rollout, rollout
+from vla.envs.tabletop.experts import PUSH_OFFSET
 from vla.envs.tabletop.scene import BLOCKS
 from vla.errors import UserError
 from vla.options import check_value
@@ -52,7 +54,8 @@ class Reach:
 
 class ReachObserver(Observer):
     def __init__(self, env, radius: float):
-        self.env, self.radius, self.reach = env, radius, Reach()
+        self.env, self.reach = env, Reach()
+        self.radius = radius + (PUSH_OFFSET if env.task == "push-block-to-pad" else 0.0)
 
     def on_step(self, run: Rollout, obs: dict, info: dict) -> None:
         scene, binding = self.env.scene, self.env.subtask.binding

@@ -158,9 +158,11 @@ def test_target_reach_the_expert_reaches_the_named_block_and_the_zero_policy_doe
     from vla import envs
 
     bench = _bench_module("target_reach", monkeypatch)
-    args = SimpleNamespace(split="train", max_steps=120, episodes=1, seed=0, radius=0.03)
+    args = SimpleNamespace(split="train", max_steps=150, episodes=1, seed=0, radius=0.03)
     suite = envs.get_suite("tabletop")
     (expert,) = bench._episodes("expert", None, suite, "lift-block", args)
     (zero,) = bench._episodes("zero", None, suite, "lift-block", args)
     assert expert.first_reach is not None and expert.closest < 0.01 and expert.success
     assert zero.first_reach is None and not zero.success and zero.closest_xy > 0.03
+    (pusher,) = bench._episodes("expert", None, suite, "push-block-to-pad", args)
+    assert pusher.first_reach is not None and pusher.success  # it pushes from 4 cm behind the block
