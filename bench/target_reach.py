@@ -31,13 +31,14 @@ from vla import checkpoint, envs
 from vla.envs.rollout import Observer, Rollout, rollout
 from vla.envs.tabletop.experts import PUSH_OFFSET
 from vla.envs.tabletop.scene import BLOCKS
-from vla.errors import UserError
+from vla.errors import UserError, choice_error
 from vla.options import check_value
 from vla.policies.executor import StepClockAct
 
 BLOCK_TASKS = ("lift-block", "place-in-bowl", "place-on-pad", "push-block-to-pad", "stack-blocks",
                "slide-block-left", "slide-block-right")  # fmt: skip
 POLICIES = ("policy", "zero", "expert")
+SPLITS = ("train", "unseen")
 
 
 @dataclass
@@ -122,9 +123,9 @@ def main() -> None:
     try:
         for task in tasks:
             if task not in BLOCK_TASKS:
-                raise UserError(f"--tasks: {task!r} names no block; valid: {', '.join(BLOCK_TASKS)}")
-        if args.split not in ("train", "unseen"):
-            raise UserError(f"--split {args.split!r}; valid: train, unseen")
+                raise choice_error("block task", task, BLOCK_TASKS)
+        if args.split not in SPLITS:
+            raise choice_error("split", args.split, SPLITS)
         check_value("--episodes", args.episodes, min=1)
         check_value("--max-steps", args.max_steps, min=1)
         check_value("--radius", args.radius, gt=0.0)
