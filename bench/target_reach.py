@@ -41,6 +41,20 @@ POLICIES = ("policy", "zero", "expert")
 SPLITS = ("train", "unseen")
 
 
+def block_tasks(text: str) -> list[str]:
+    """A comma list of `BLOCK_TASKS` -> the tasks; one not among them raises the UserError naming the valid ones."""
+    tasks = text.split(",")
+    for task in tasks:
+        if task not in BLOCK_TASKS:
+            raise choice_error("block task", task, BLOCK_TASKS)
+    return tasks
+
+
+def named_block(binding: dict) -> str:
+    """The block an episode's instruction names (stack-blocks: the top one, the block to pick up)."""
+    return binding.get("block") or binding["top"]
+
+
 @dataclass
 class Reach:
     """One episode: the closest the grip point came to the named block and to any other, and when."""
@@ -60,7 +74,7 @@ class ReachObserver(Observer):
 
     def on_step(self, run: Rollout, obs: dict, info: dict) -> None:
         scene, binding = self.env.scene, self.env.subtask.binding
-        named = binding.get("block") or binding["top"]
+        named = named_block(binding)
         others = [b for b in BLOCKS if b in self.env.episode.xy and b not in binding.values()]
         hand = scene.grip_pos()
         gap = scene.pos(named) - hand
@@ -119,11 +133,8 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=0.03, help="m: within this of a block's centre is reaching it")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (as vla eval --seed)")
     args = parser.parse_args()
-    tasks = args.tasks.split(",")
     try:
-        for task in tasks:
-            if task not in BLOCK_TASKS:
-                raise choice_error("block task", task, BLOCK_TASKS)
+        tasks = block_tasks(args.tasks)
         if args.split not in SPLITS:
             raise choice_error("split", args.split, SPLITS)
         check_value("--episodes", args.episodes, min=1)

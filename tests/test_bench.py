@@ -166,3 +166,40 @@ def test_target_reach_the_expert_reaches_the_named_block_and_the_zero_policy_doe
     assert zero.first_reach is None and not zero.success and zero.closest_xy > 0.03
     (pusher,) = bench._episodes("expert", None, suite, "push-block-to-pad", args)
     assert pusher.first_reach is not None and pusher.success  # it pushes from 4 cm behind the block
+
+
+def test_block_probe_scenes_name_the_instructed_block_and_the_random_block_baseline(monkeypatch):
+    """Each probe scene's target is the named block's offset from the grip point, one of the scene's blocks;
+    guessing among the blocks scores the expected distance and share within 3 cm."""
+    from vla import envs
+
+    bench = _bench_module("block_probe", monkeypatch)
+    data = bench.scenes(envs.get_suite("tabletop"), ["lift-block", "stack-blocks"], "train", 3, 0, "test")
+    assert data["images"].shape == (6, 2, 64, 64, 3) and data["target"].shape == (6, 2)
+    for target, blocks, text in zip(data["target"], data["blocks"], data["instruction"]):
+        assert min(np.linalg.norm(np.asarray(blocks) - target, axis=1)) < 1e-6 and text
+    assert all(len(blocks) >= 2 for blocks in data["blocks"][3:])  # stack-blocks: a top and a base block
+    made = {"target": np.zeros((2, 2)), "blocks": [[np.zeros(2)], [np.zeros(2), np.array([0.1, 0.0])]]}
+    row = bench.random_block(made)
+    assert abs(row["error_cm"] - 2.5) < 1e-9  # median of 0 (one block) and 5 cm (one of two, 10 cm apart)
+    assert row["within_3cm"] == 0.75  # 1 and 1/2
+
+
+def test_block_probe_trains_and_reports_beside_its_baselines(tmp_path):
+    """A few steps of the tiny preset end to end: the table and a JSON line with every split and predictor;
+    a task that names no block is refused in one line."""
+    import json
+
+    run = [sys.executable, str(BENCH / "block_probe.py"), "--preset", "tiny", "--scenes", "4", "--eval-scenes", "2",
+           "--steps", "2", "--batch", "4", "--tasks", "lift-block,place-in-bowl"]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"fit", "train", "unseen"} and result["scenes"] == 8
+    for row in result["results"].values():
+        assert {"probe", "mean_offset", "random_block"} <= set(row) and row["probe"]["error_cm"] > 0
+    bad = subprocess.run([*run[:2], "--tasks", "open-drawer"], capture_output=True, text=True, timeout=300)
+    assert (bad.returncode, bad.stdout) == (2, "") and bad.stderr == (
+        "block_probe.py: unknown block task 'open-drawer'; valid: lift-block, place-in-bowl, place-on-pad, "
+        "push-block-to-pad, stack-blocks, slide-block-left, slide-block-right\n"
+    )

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from vla.config import load_config
+from vla.errors import UserError
+from vla.model.encoders import SpatialSoftmax, VisionEncoder, conv_stem, sincos_2d
 from vla.model.gr1 import GR1
 from vla.model.layout import TokenLayout
 
@@ -164,3 +166,48 @@ def test_an_instruction_past_the_token_limit_is_reported_once(caplog):
     assert all("tokens is cut" in w and "pick up the red block" in w for w in warnings)
     assert torch.equal(embedded[0], embedded[1])  # what the warning is about
     assert not torch.equal(embedded[0], embedded[2])
+
+
+def test_sincos_positions_are_fixed_and_tell_every_patch_apart():
+    """MAE's 2D sine-cosine positions: half the channels depend on the patch's row only, half on its column
+    only; every patch differs; they are a buffer, not a weight, so no checkpoint carries them."""
+    pos = sincos_2d(grid=4, dim=32).reshape(4, 4, 32)
+    rows, cols = pos[..., :16], pos[..., 16:]
+    assert torch.equal(rows, rows[:, :1].expand_as(rows)) and torch.equal(cols, cols[:1].expand_as(cols))
+    flat = pos.reshape(16, 32)
+    assert torch.cdist(flat, flat).add(torch.eye(16)).min() > 0.1
+    encoder = VisionEncoder(32, 8, 32, 1, 16, 2, pos_embed="sincos")
+    assert "pos" not in encoder.state_dict() and torch.equal(encoder.pos, sincos_2d(4, 32))
+    assert "pos" in VisionEncoder(32, 8, 32, 1, 16, 2).state_dict()  # learned: a weight
+    with pytest.raises(UserError, match="divisible by 4, got 30"):
+        sincos_2d(4, 30)
+
+
+def test_spatial_softmax_keypoint_is_where_its_feature_responds():
+    """A keypoint is the softmax-weighted mean of the patch grid's (x, y) in [-1, 1], x to the right, y down."""
+    keypoints = SpatialSoftmax(grid=4, dim=3, n_keypoints=1, out_dim=2)
+    with torch.no_grad():
+        keypoints.logits.weight.copy_(torch.tensor([[50.0, 0.0, 0.0]]))  # responds to feature 0
+        keypoints.logits.bias.zero_()
+        keypoints.proj.weight.copy_(torch.eye(2))
+        keypoints.proj.bias.zero_()
+    x = torch.zeros(2, 16, 3)
+    x[0, 1 * 4 + 3, 0] = 1.0  # row 1, column 3
+    x[1, 3 * 4 + 0, 0] = 1.0  # row 3, column 0
+    torch.testing.assert_close(keypoints(x), torch.tensor([[1.0, -1 / 3], [-1.0, 1.0]]), atol=1e-4, rtol=0)
+
+
+def test_conv_stem_reaches_the_patch_grid_and_stays_local():
+    """Stride-2 3x3 convolutions down to the patch grid: a change inside one patch moves that patch's features
+    and its neighbours' only (the receptive field of three such layers is 15 pixels)."""
+    stem = conv_stem(8, 32).eval()
+    image = torch.randn(1, 3, 64, 64)
+    changed = image.clone()
+    changed[..., 2 * 8 : 3 * 8, 5 * 8 : 6 * 8] += 1.0  # the patch at row 2, column 5
+    with torch.no_grad():
+        moved = (stem(changed) - stem(image)).abs().amax(1)[0] > 1e-6  # (8, 8)
+    assert stem(image).shape == (1, 32, 8, 8) and moved[2, 5]
+    rows, cols = torch.nonzero(moved, as_tuple=True)
+    assert (rows - 2).abs().max() <= 1 and (cols - 5).abs().max() <= 1
+    with pytest.raises(UserError, match="power of two >= 2, got 6"):
+        conv_stem(6, 32)

@@ -19,6 +19,12 @@ from vla.policies.normalizer import Normalizer
 from vla.policies.vla_policy import VLAPolicy
 from vla.train import train
 
+VISION_OPTIONS = {
+    "plain": {},
+    "film": {"vision_film": True},
+    "conv-sincos-keypoints": {"vision_stem": "conv", "vision_pos": "sincos", "vision_keypoints": 4},
+}
+
 
 def make_policy(store_path, tmp_path, **policy_fields):
     store = TrajectoryStore.open(store_path)
@@ -53,8 +59,10 @@ def test_tiny_model_overfits_one_batch(metaworld_store, tmp_path):
     assert metrics["loss_foresight"] < 0.85  # and learns to beat it on this batch
 
 
-def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path):
-    policy, store = make_policy(metaworld_store, tmp_path)
+@pytest.mark.parametrize("vision", ["plain", "conv-sincos-keypoints"])
+def test_save_then_load_gives_the_same_actions(metaworld_store, tmp_path, vision):
+    """The fixed sine-cosine positions are rebuilt on loading, not read from the checkpoint."""
+    policy, store = make_policy(metaworld_store, tmp_path, **VISION_OPTIONS[vision])
     policy.eval()
     save_policy(policy, tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")
@@ -97,12 +105,13 @@ def test_a_loaded_policy_acts_on_known_instructions_without_loading_the_language
         load_policy(tmp_path / "ckpt")
 
 
-@pytest.mark.parametrize("vision_film", [False, True])
-def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path, vision_film):
+@pytest.mark.parametrize("vision", VISION_OPTIONS)
+def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path, vision):
     """Also across a change of instruction mid-episode: the cache is rebuilt from the history (with FiLM,
-    the past frames' tokens are encoded again under the new instruction)."""
-    policy, store = make_policy(metaworld_store, tmp_path, vision_film=vision_film)
+    the past frames' tokens are encoded again under the new instruction); and with each vision encoder option."""
+    policy, store = make_policy(metaworld_store, tmp_path, **VISION_OPTIONS[vision])
     policy.eval()
+    vision_film = VISION_OPTIONS[vision].get("vision_film", False)
     assert all((encoder.film is not None) == vision_film for encoder in policy.model.vision.values())
     for encoder in policy.model.vision.values():
         if encoder.film is not None:  # as if trained: the instruction changes the image tokens

@@ -66,18 +66,31 @@ class VisionEncoder(nn.Module):
     the blue block" only as far as those summaries happen to keep both blocks."""
 
     def __init__(self, image_size: int, patch_size: int, vit_dim: int, vit_layers: int, out_dim: int, n_tokens: int,
-                 lang_dim: int | None = None):  # fmt: skip
+                 lang_dim: int | None = None, pos_embed: str = "learned", keypoints: int = 0,
+                 stem: str = "patch"):  # fmt: skip
         super().__init__()
         if image_size % patch_size:
             raise UserError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
-        n_patches = (image_size // patch_size) ** 2
+        grid = image_size // patch_size
         n_head = max(1, vit_dim // 64)
-        self.patch_embed = nn.Conv2d(3, vit_dim, kernel_size=patch_size, stride=patch_size)
-        self.pos = nn.Parameter(torch.randn(n_patches, vit_dim) * 0.02)
+        self.patch_embed = (conv_stem(patch_size, vit_dim) if stem == "conv"
+                            else nn.Conv2d(3, vit_dim, kernel_size=patch_size, stride=patch_size))  # fmt: skip
+        if pos_embed == "sincos":  # fixed, so not in the weights: where a patch is can be read from the first step
+            self.register_buffer("pos", sincos_2d(grid, vit_dim), persistent=False)
+        else:
+            self.pos = nn.Parameter(torch.randn(grid * grid, vit_dim) * 0.02)
         self.blocks = nn.ModuleList(Block(vit_dim, n_head) for _ in range(vit_layers))
         self.ln = nn.LayerNorm(vit_dim)
         self.resampler = PerceiverResampler(out_dim, vit_dim, n_tokens, max(1, out_dim // 64))
         self.film = ZeroLinear(lang_dim, 2 * vit_dim * (vit_layers + 1)) if lang_dim else None
+        self.keypoints = SpatialSoftmax(grid, vit_dim, keypoints, out_dim) if keypoints else None
+
+    @classmethod
+    def from_config(cls, cfg, image_size: int, lang_dim: int) -> VisionEncoder:
+        """One camera's encoder as a `PolicyConfig` sets it (sizes and the vision_* options), tokens d_model wide."""
+        return cls(image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_layers, cfg.d_model, cfg.n_img_tokens,
+                   lang_dim if cfg.vision_film else None, cfg.vision_pos, cfg.vision_keypoints,
+                   cfg.vision_stem)  # fmt: skip
 
     def forward(self, images: torch.Tensor, lang: torch.Tensor | None = None) -> torch.Tensor:
         """images: (N, 3, H, W) normalised, lang: (N, lang_dim) sentence embeddings (required with FiLM,
@@ -91,7 +104,66 @@ class VisionEncoder(nn.Module):
         x = _modulate(x, films[0])
         for block, film in zip(self.blocks, films[1:]):
             x = _modulate(block(x)[0], film)
-        return self.resampler(self.ln(x))
+        x = self.ln(x)
+        tokens = self.resampler(x)
+        return tokens if self.keypoints is None else tokens + self.keypoints(x)[:, None]
+
+
+class SpatialSoftmax(nn.Module):
+    """Keypoints: each of K maps over the patches, softmax-normalised, gives the expected image position
+    (x, y in [-1, 1]) of what it responds to (Levine et al. 2016, "End-to-end training of deep visuomotor
+    policies"; robomimic's and diffusion_policy's image encoders). Where a thing is then reaches the trunk as
+    coordinates, which an action needs, rather than as whatever the resampler's pooled features keep of it."""
+
+    def __init__(self, grid: int, dim: int, n_keypoints: int, out_dim: int):
+        super().__init__()
+        self.logits = nn.Linear(dim, n_keypoints)
+        axis = torch.linspace(-1, 1, grid)
+        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("xy", torch.stack([cols.flatten(), rows.flatten()], dim=1), persistent=False)
+        self.proj = nn.Linear(2 * n_keypoints, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, P, dim) patch features, row-major -> (N, out_dim), the projected keypoints."""
+        weights = self.logits(x).softmax(dim=1)  # (N, P, K): each keypoint's distribution over patches
+        return self.proj(torch.einsum("npk,pc->nkc", weights, self.xy).flatten(1))
+
+
+def conv_stem(patch_size: int, dim: int) -> nn.Sequential:
+    """Patches by stacked 3x3 convolutions of stride 2 (as many as halve the image to its patch grid) instead of
+    one patch-sized linear map: "Early convolutions help transformers see better" (Xiao et al. 2021). A few
+    pixels' block then shows in the features of its patch and its neighbours the same way wherever it stands."""
+    n = patch_size.bit_length() - 1
+    if patch_size != 2**n or n == 0:
+        raise UserError(f"a convolutional stem needs a patch size that is a power of two >= 2, got {patch_size}")
+    widths = [3] + [max(16, dim >> (n - i)) for i in range(1, n)] + [dim]
+    layers: list[nn.Module] = []
+    for i, (w_in, w_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Conv2d(w_in, w_out, kernel_size=3, stride=2, padding=1))
+        if i < n - 1:
+            layers += [ChannelNorm(w_out), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a (N, C, H, W) map (ConvNeXt's): unlike BatchNorm or
+    GroupNorm, what one pixel's features become does not depend on the rest of the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embeddings of a grid x grid patch layout (MAE, He et al. 2022, whose ViT
+    GR-1 uses) -> (grid * grid, dim), row-major as the patch embedding flattens: half the channels encode the
+    row, half the column, each as sines and cosines of geometrically spaced frequencies."""
+    if dim % 4:
+        raise UserError(f"sine-cosine position embeddings need a vision width divisible by 4, got {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")  # fmt: skip
+    angles = [axis.reshape(-1, 1) * freqs for axis in (rows, cols)]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1).float()
 
 
 def _modulate(x: torch.Tensor, film: torch.Tensor | None) -> torch.Tensor:

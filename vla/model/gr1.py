@@ -76,9 +76,7 @@ class GR1(nn.Module):
         self.cfg, self.cameras, self.history = cfg, list(cameras), history
         d = cfg.d_model
         self.layout = TokenLayout(self.cameras, cfg.n_img_tokens, cfg.n_obs_queries)
-        film_dim = lang_dim if cfg.vision_film else None
-        sizes = (image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_layers, d, cfg.n_img_tokens, film_dim)
-        self.vision = nn.ModuleDict({c: VisionEncoder(*sizes) for c in self.cameras})
+        self.vision = nn.ModuleDict({c: VisionEncoder.from_config(cfg, image_size, lang_dim) for c in self.cameras})
         self.state_encoder = StateEncoder(state_dim, d) if state_dim else None
         self.lang_proj = nn.Linear(lang_dim, d)
         # What a token is within its timestep: added to observation tokens, and all a readout starts from.

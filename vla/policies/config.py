@@ -63,6 +63,8 @@ PRESETS: dict[str, dict] = {
 ACTION_HEADS = ("mlp", "flow")
 FORESIGHT_DECODERS = ("residual", "mae")
 GRIPPER_CHOICES = ("auto", *keys.GRIPPER_KINDS)
+VISION_POS = ("learned", "sincos")
+VISION_STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -92,6 +94,13 @@ class PolicyConfig:
                           "inferred from its values; training logs which)")  # fmt: skip
     vision_film: bool = option(False, help="the instruction modulates the vision encoder's patch features (FiLM, "
                                "as RT-1): its resampled tokens keep what the instruction is about")  # fmt: skip
+    vision_pos: str = option("learned", choices=VISION_POS, help="the vision encoder's patch positions: learned "
+                             "(from a small random start) | sincos (fixed 2D sine-cosine, MAE's)")  # fmt: skip
+    vision_keypoints: int = option(0, min=0, help="spatial-softmax keypoints per camera (Levine et al. 2016) "
+                                   "added to its tokens as coordinates; 0 off")  # fmt: skip
+    vision_stem: str = option("patch", choices=VISION_STEMS, help="how a frame becomes patches: patch (one "
+                              "linear map per patch, ViT's) | conv (stride-2 3x3 convolutions, Xiao et al. "
+                              "2021)")  # fmt: skip
     language_model: str = option("minilm", help="minilm (the wheel's all-MiniLM-L6-v2) or a local transformers dir")
     max_text_len: int = option(24, min=2, help="caption tokens the text head reads and writes, [CLS] included")
     # --- what it reads and writes: {key: keys.Spec.to_json()}, filled from the training stores ---
