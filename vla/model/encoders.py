@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torch import nn
 
 from vla.errors import UserError
 from vla.model.gpt import MLP, Block, ZeroLinear, attention_probs
+
+if TYPE_CHECKING:  # the policy config imports nothing of the model; only the type hint needs it
+    from vla.policies.config import PolicyConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ class VisionEncoder(nn.Module):
         self.keypoints = SpatialSoftmax(grid, vit_dim, keypoints, out_dim) if keypoints else None
 
     @classmethod
-    def from_config(cls, cfg, image_size: int, lang_dim: int) -> VisionEncoder:
+    def from_config(cls, cfg: PolicyConfig, image_size: int, lang_dim: int) -> VisionEncoder:
         """One camera's encoder as a `PolicyConfig` sets it (sizes and the vision_* options), tokens d_model wide."""
         return cls(image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_layers, cfg.d_model, cfg.n_img_tokens,
                    lang_dim if cfg.vision_film else None, cfg.vision_pos, cfg.vision_keypoints,
