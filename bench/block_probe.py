@@ -116,16 +116,12 @@ def random_block(data: dict) -> dict:
             "within_3cm": float(np.mean([np.mean(d < 0.03) for d in dists]))}  # fmt: skip
 
 
-def main() -> None:
+def parse_args():
+    """(args, tasks, config); a bad flag or setting exits with one line (`fail`)."""
     parser = bench_parser(__doc__)
     parser.add_argument("--preset", default="small", help="policy preset (tiny | small | gr1)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        help="config overrides, e.g. policy.patch_size=4 (repeatable; "
-        "the probe reads the policy section and train's optimizer settings)",
-    )
+    parser.add_argument("--set", action="append", default=[], help="config overrides, e.g. policy.patch_size=4 "
+                        "(repeatable; the probe reads the policy section and train's optimizer settings)")  # fmt: skip
     parser.add_argument("--tasks", default=",".join(BLOCK_TASKS), help="comma list of tabletop block tasks")
     parser.add_argument("--scenes", type=int, default=1000, help="training scenes per task")
     parser.add_argument("--eval-scenes", type=int, default=40, help="held-out scenes per task and split")
@@ -140,22 +136,11 @@ def main() -> None:
         config = load_config(None, [f"policy.preset={args.preset}", f"train.steps={args.steps}", *args.set])
     except UserError as e:
         fail(str(e))
-    cfg = config.policy
-    torch.manual_seed(args.seed)
-    suite = envs.get_suite("tabletop")
-    train = scenes(suite, tasks, "train", args.scenes, args.seed, "train")
-    held = {split: scenes(suite, tasks, split, args.eval_scenes, args.seed, "eval-" + split)
-            for split in ("train", "unseen")}  # fmt: skip
-    language = SentenceEncoder(cfg.language_model)
-    lang_of = {t: v for t, v in zip(*(lambda ts: (ts, language(ts)))(sorted({
-        *train["instruction"], *held["train"]["instruction"], *held["unseen"]["instruction"]})))}  # fmt: skip
-    s_mean, s_std = train["state"].mean(0), train["state"].std(0) + 1e-3
+    return args, tasks, config
 
-    def inputs(data: dict, idx: np.ndarray):
-        return (standardise(data["images"][idx]), torch.as_tensor((data["state"][idx] - s_mean) / s_std),
-                torch.stack([lang_of[data["instruction"][i]] for i in idx]))  # fmt: skip
 
-    probe = Probe(cfg, train["images"].shape[-2], language.dim)
+def train_probe(probe: Probe, config, inputs, train: dict, args) -> tuple[float, float]:
+    """`args.steps` AdamW steps on random batches of the training scenes -> (seconds, final loss)."""
     opt, sched = make_optimizer(probe, config)
     rng, target = np.random.default_rng(args.seed), torch.as_tensor(train["target"] / SCALE)
     start, losses = time.perf_counter(), []
@@ -168,15 +153,18 @@ def main() -> None:
         opt.step()
         sched.step()
         losses.append(loss.item())
-    seconds = time.perf_counter() - start
+    return time.perf_counter() - start, float(np.mean(losses[-50:]))
 
+
+@torch.no_grad()
+def evaluate(probe: Probe, inputs, train: dict, held: dict) -> dict:
+    """{split: {predictor: summary}} on `fit` (as many training scenes as held out) and each held-out split."""
     probe.eval()
     results = {}
-    fit = {k: v[: len(held["train"]["target"])] for k, v in train.items()}  # training scenes, as many as held out
+    fit = {k: v[: len(held["train"]["target"])] for k, v in train.items()}
     for split, data in {"fit": fit, **held}.items():
-        with torch.no_grad():
-            idx = np.arange(len(data["target"]))
-            pred = torch.cat([probe(*inputs(data, idx[i : i + 256])) for i in range(0, len(idx), 256)]).numpy()
+        idx = np.arange(len(data["target"]))
+        pred = torch.cat([probe(*inputs(data, idx[i : i + 256])) for i in range(0, len(idx), 256)]).numpy()
         alone = np.array([len(blocks) == 1 for blocks in data["blocks"]])
         err = errors(pred * SCALE, data["target"])
         results[split] = {
@@ -187,18 +175,39 @@ def main() -> None:
             "scenes": len(idx),
             "one_block_scenes": int(alone.sum()),
         }
-    final_loss = float(np.mean(losses[-50:]))
+    return results
+
+
+def main() -> None:
+    args, tasks, config = parse_args()
+    cfg = config.policy
+    torch.manual_seed(args.seed)
+    suite = envs.get_suite("tabletop")
+    train = scenes(suite, tasks, "train", args.scenes, args.seed, "train")
+    held = {split: scenes(suite, tasks, split, args.eval_scenes, args.seed, "eval-" + split)
+            for split in ("train", "unseen")}  # fmt: skip
+    language = SentenceEncoder(cfg.language_model)
+    texts = sorted({*train["instruction"], *held["train"]["instruction"], *held["unseen"]["instruction"]})
+    lang_of = dict(zip(texts, language(texts)))
+    s_mean, s_std = train["state"].mean(0), train["state"].std(0) + 1e-3
+
+    def inputs(data: dict, idx: np.ndarray):
+        return (standardise(data["images"][idx]), torch.as_tensor((data["state"][idx] - s_mean) / s_std),
+                torch.stack([lang_of[data["instruction"][i]] for i in idx]))  # fmt: skip
+
+    probe = Probe(cfg, train["images"].shape[-2], language.dim)
+    seconds, final_loss = train_probe(probe, config, inputs, train, args)
+    results = evaluate(probe, inputs, train, held)
+    n = len(train["target"])
     print(f"\nblock probe: {cfg.preset}, {', '.join(args.set) or 'defaults'}; {args.steps} steps x {args.batch}, "
-          f"{len(target)} training scenes, {seconds / args.steps:.2f} s/step, final loss {final_loss:.4f}")  # fmt: skip
+          f"{n} training scenes, {seconds / args.steps:.2f} s/step, final loss {final_loss:.4f}")  # fmt: skip
     print(f"{'split':8} {'predictor':16} {'error (cm)':>10} {'within 3 cm':>12}")
     for split, row in results.items():
         for name in ("probe", "probe_one_block", "mean_offset", "random_block"):
-            cell = row[name]
-            if cell is None:
-                continue
-            print(f"{split:8} {name:16} {cell['error_cm']:10.1f} {cell['within_3cm']:12.1%}")
+            if row[name] is not None:
+                print(f"{split:8} {name:16} {row[name]['error_cm']:10.1f} {row[name]['within_3cm']:12.1%}")
     print(json.dumps({"bench": "block_probe", "preset": cfg.preset, "set": args.set, "steps": args.steps,
-                      "batch": args.batch, "scenes": len(target), "s_per_step": seconds / args.steps,
+                      "batch": args.batch, "scenes": n, "s_per_step": seconds / args.steps,
                       "final_loss": final_loss, "results": results, "machine": machine()}))  # fmt: skip
 
 
