@@ -203,3 +203,50 @@ def test_block_probe_trains_and_reports_beside_its_baselines(tmp_path):
         "block_probe.py: unknown block task 'open-drawer'; valid: lift-block, place-in-bowl, place-on-pad, "
         "push-block-to-pad, stack-blocks, slide-block-left, slide-block-right\n"
     )
+
+
+def test_policy_probe_readers_recover_what_the_features_hold(monkeypatch):
+    """The ridge reader recovers a linear target from held-out rows; a target that picks one of two positions by
+    a flag (the named block among several) is beyond it, and the MLP reader recovers it."""
+    bench = _bench_module("policy_probe", monkeypatch)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 6))
+    linear = x[:, :2] @ np.array([[0.05, -0.02], [0.01, 0.04]])
+    chosen = 0.05 * np.where(x[:, 4:5] > 0, x[:, :2], x[:, 2:4])
+    fit, held = slice(0, 1000), slice(1000, None)
+    ridge = bench.fit_ridge(x[fit], linear[fit], 0)
+    assert np.median(bench.errors(ridge(x[held]), linear[held])) < 1e-3
+    ridge_err = np.median(bench.errors(bench.fit_ridge(x[fit], chosen[fit], 0)(x[held]), chosen[held]))
+    mlp_err = np.median(bench.errors(bench.fit_mlp(x[fit], chosen[fit], 0)(x[held]), chosen[held]))
+    assert mlp_err < 0.5 * ridge_err, (mlp_err, ridge_err)
+
+
+def test_policy_probe_reads_a_trained_tabletop_policy_and_refuses_others(tmp_path, metaworld_store):
+    """Collect one tabletop episode, train `tiny` 2 steps, probe it end to end: every split has the trained and
+    untrained readers and both baselines. A Meta-World policy (no tabletop cameras) is refused in one line."""
+    import json
+
+    from conftest import tiny_config
+
+    from vla.cli import main
+    from vla.train import train
+
+    store = tmp_path / "tt.zarr"
+    assert main(["collect", "--suite", "tabletop", "--tasks", "lift-block", "--episodes-per-task", "1",
+                 "--out", str(store)]) == 0  # fmt: skip
+    for name, data in (("tt", store), ("mw", metaworld_store)):
+        train(tiny_config(data, tmp_path / name, steps=2), progress=False)
+    run = [sys.executable, str(BENCH / "policy_probe.py"), "--policy", str(tmp_path / "tt"), "--scenes", "6",
+           "--eval-scenes", "2", "--tasks", "lift-block,stack-blocks"]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"train", "unseen"} and result["scenes"] == 12
+    for row in result["results"].values():
+        assert {"act_ridge", "tokens_mlp", "untrained_act_mlp", "mean_offset", "random_block"} <= set(row)
+        assert all(r["error_cm"] > 0 for r in row.values())
+    bad = subprocess.run([*run[:2], "--policy", str(tmp_path / "mw")], capture_output=True, text=True, timeout=300)
+    assert (bad.returncode, bad.stdout) == (2, "") and bad.stderr == (
+        f"policy_probe.py: {tmp_path / 'mw'} is not a tabletop policy: it has no observation.images.static, "
+        "observation.images.wrist\n"
+    )
