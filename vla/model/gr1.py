@@ -114,9 +114,8 @@ class GR1(nn.Module):
         frame_lang = lang.repeat_interleave(T, dim=0) if lang is not None and self.cfg.vision_film else None
         parts = [] if state is None else [self.state_encoder(state)[:, :, None]]
         for cam in cameras:
-            # contiguous: the same strides whatever layout the images came in (a compiled encoder guards on them)
-            frames = rearrange(images[cam], "b t c h w -> (b t) c h w").contiguous()
-            tokens = self._inference(f"vision.{cam}", self.vision[cam])(frames, frame_lang)
+            frames = rearrange(images[cam], "b t c h w -> (b t) c h w")
+            tokens = self.vision[cam](frames, frame_lang)
             parts.append(rearrange(tokens, "(b t) n d -> b t n d", b=B))
         return torch.cat(parts, dim=2) + self._obs_slots(state is not None, cameras)
 
@@ -199,28 +198,38 @@ class GR1(nn.Module):
 
     def _stream_pass(self, cache: StreamCache, obs: torch.Tensor, readout: torch.Tensor | None) -> torch.Tensor | None:
         """readout: (n_readout', d) the readout queries to join the observation tokens, or None."""
-        t, n_obs = cache.next_step, obs.shape[1]
+        bias, write = self.stream_slot(cache, obs.shape[1], 0 if readout is None else readout.shape[0])
+        return self.stream_trunk(obs, readout, bias, cache.kv, write)
+
+    def stream_slot(self, cache: StreamCache, n_obs: int, n_readout: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take the next timestep's slot in `cache`: the bookkeeping of a streaming pass, apart from its
+        arithmetic (`stream_trunk`), so that a caller can run the two apart (`VLAPolicy` compiles the
+        observation's encoding and `stream_trunk` as one graph). Returns the attention bias (1, n_head,
+        n_obs + n_readout, buffer length) and the buffer positions (n_obs,) the timestep's keys/values go to."""
+        t = cache.next_step
         if cache.kv is None:
             cache.allocate(n_obs, self.history)
         slot = t % self.history
         cache.slot_step[slot] = t  # the timestep `history` steps back leaves the window, and its slot
-        n_prefix = cache.prefix[0][0].shape[2]
+        cache.next_step += 1
         # Slot ages relative to this step (0: this one); an empty slot counts as a future step, which the
         # rules never let anything read.
         ages = tuple(s - t if s >= 0 else 1 for s in cache.slot_step)
-        n_readout = 0 if readout is None else readout.shape[0]
         if (n_readout, ages) not in cache.bias:
-            rules = self._stream_rules(n_prefix, n_obs, ages, n_readout, obs.device)
-            cache.bias[(n_readout, ages)] = self.trunk.bias_of(*rules).to(obs.dtype)
-        x = obs if readout is None else torch.cat([obs, readout.expand(obs.shape[0], -1, -1)], dim=1)
-        h = self._inference("trunk", self._stream_trunk)(x, cache.bias[(n_readout, ages)], cache.kv, cache.slots[slot])
-        cache.next_step += 1
-        return None if readout is None else h[:, n_obs:]
+            n_prefix = cache.prefix[0][0].shape[2]
+            rules = self._stream_rules(n_prefix, n_obs, ages, n_readout, cache.prefix[0][0].device)
+            cache.bias[(n_readout, ages)] = self.trunk.bias_of(*rules).to(cache.prefix[0][0].dtype)
+        return cache.bias[(n_readout, ages)], cache.slots[slot]
 
-    def _stream_trunk(self, x: torch.Tensor, bias: torch.Tensor, kv: list[KV], write: torch.Tensor) -> torch.Tensor:
-        """The trunk's streaming pass, its output only (what `compile_inference` compiles: the keys/values
-        land in the buffers, and a compiled graph returning them too would keep copies of them)."""
-        return self.trunk(x, bias, kv, write)[0]
+    def stream_trunk(self, obs: torch.Tensor, readout: torch.Tensor | None, bias: torch.Tensor, kv: list[KV],
+                     write: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
+        """The trunk's pass over one timestep whose slot `stream_slot` took: obs (B, n_obs, d) and the readout
+        queries (n_readout', d) or None -> the readouts' states (B, n_readout', d), or None. The observation's
+        keys/values land in the buffers `kv` at `write`; only the states are returned (a compiled graph
+        returning the keys/values too would keep copies of them)."""
+        x = obs if readout is None else torch.cat([obs, readout.expand(obs.shape[0], -1, -1)], dim=1)
+        h = self.trunk(x, bias, kv, write)[0]
+        return None if readout is None else h[:, obs.shape[1] :]
 
     def _stream_rules(self, n_prefix: int, n_obs: int, ages: tuple, n_readout: int, dev) -> tuple:
         """`Trunk.rules` for a streaming pass: queries at timestep 0 (its observation tokens, then
@@ -230,29 +239,6 @@ class GR1(nn.Module):
         k_step = [-1] * n_prefix + [age for age in ages for _ in range(n_obs)]
         q_kind, k_kind, k_step = (torch.tensor(v, device=dev, dtype=torch.long) for v in (q_kind, k_kind, k_step))
         return self.trunk.rules(q_kind, torch.zeros_like(q_kind), k_kind, k_step)
-
-    # --- compiled inference --------------------------------------------------------------------------
-    def compile_inference(self) -> None:
-        """torch.compile what a streaming step runs (each camera's vision encoder on one frame, the trunk's
-        pass over the new timestep) for inference on a CPU or GPU: Inductor with weight freezing (the
-        weights become constants, linear layers prepacked) and max-autotune (its GEMM templates against
-        ATen's). The first steps compile (tens of seconds on 2 CPU cores; see the README); a pass compiles
-        again only for a new shape (observing without reading out, another number of readouts).
-
-        Used only under `torch.no_grad()` in eval mode; training and gradients run the modules
-        themselves. The compiled code holds the weights it was compiled with: compile last, after
-        loading weights and moving the model to its device."""
-        options = {"freezing": True, "max_autotune": True}
-        parts = [("trunk", self._stream_trunk), *((f"vision.{c}", m) for c, m in self.vision.items())]
-        self._compiled = {name: torch.compile(part, options=options, dynamic=False) for name, part in parts}
-
-    def _inference(self, name: str, part):
-        """`part` (a module or method), or its compiled twin where `compile_inference` made one and this is
-        inference."""
-        compiled = getattr(self, "_compiled", {})
-        if name in compiled and not self.training and not torch.is_grad_enabled():
-            return compiled[name]
-        return part
 
     # --- heads -------------------------------------------------------------------------------------------
     def split_readouts(

@@ -244,14 +244,20 @@ class VLAPolicy(nn.Module):
 
     # --- inference -----------------------------------------------------------------------------------
     def compile_inference(self) -> VLAPolicy:
-        """torch.compile the streaming step for inference (`GR1.compile_inference`: the first steps take
-        tens of seconds to compile on a CPU, later ones run faster: see the README's inference table).
-        Call after loading weights and moving to the device; the policy is put in eval mode. Raises
-        UserError for a policy that recomputes the window (its shapes change with every step)."""
+        """torch.compile the streaming step for inference: the new observation's normalisation and encoding
+        (every camera, the state) and the trunk's pass over it, as one graph (`_stream_forward`), by Inductor
+        with weight freezing (the weights become constants). The first steps compile (seconds to tens of
+        seconds on a CPU; see the README's inference table); a step compiles again only for a new shape
+        (observing without reading out). The compiled code holds the weights it was compiled with, so its
+        guards skip the modules (`skip_guard_on_all_nn_modules_unsafe`: a cheaper check every step): compile
+        last, after loading weights and moving the policy to its device. The policy is put in eval mode;
+        training and gradients never use the compiled step. Raises UserError for a policy that recomputes the
+        window (its shapes change with every step)."""
         if not self.streaming:
             raise UserError("compiled inference needs a streaming policy: the full window's shapes grow every step")
         self.eval()
-        self.model.compile_inference()
+        options = {"freezing": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+        self._compiled_step = torch.compile(self._stream_forward, options=options, dynamic=False)
         return self
 
     def reset(self) -> None:
@@ -289,11 +295,23 @@ class VLAPolicy(nn.Module):
             self._cache = self.model.start_stream(self._cache_lang)
             for past in list(self._history)[:-1]:
                 self.model.stream_observe(self._cache, self._observation_tokens(past, self._cache_lang)[:, 0])
-        tokens = self._observation_tokens(step, self._cache_lang)[:, 0]
-        if readout:
-            return self.model.stream_step(self._cache, tokens, foresight=self.foresee)
-        self.model.stream_observe(self._cache, tokens)
-        return None
+        queries = self.model.readout_slots[self.model.layout.readout_slice(True, self.foresee)] if readout else None
+        bias, write = self.model.stream_slot(self._cache, self._n_obs, 0 if queries is None else len(queries))
+        forward = getattr(self, "_compiled_step", self._stream_forward)
+        return forward(step, self._cache_lang, queries, bias, self._cache.kv, write)
+
+    def _stream_forward(self, step: dict, lang: torch.Tensor, queries: torch.Tensor | None, bias: torch.Tensor,
+                        kv: list, write: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
+        """One streaming step's arithmetic (what `compile_inference` compiles): raw (1, 1, ...) observations ->
+        observation tokens -> `GR1.stream_trunk` (the slot's `bias`, `kv` buffers and `write` positions from
+        `GR1.stream_slot`) -> the readout states (1, n_readout', d), or None without `queries`."""
+        return self.model.stream_trunk(self._observation_tokens(step, lang)[:, 0], queries, bias, kv, write)
+
+    @property
+    def _n_obs(self) -> int:
+        """Observation tokens per timestep at inference (every camera, and the state where the policy has one)."""
+        state = keys.OBS_STATE in self.features and self.model.state_encoder is not None
+        return sum(g.n_tokens for g in self.model.layout.observation_groups(state, self.model.cameras))
 
     def _obs_keys(self) -> list[str]:
         return [*self.image_keys, *([keys.OBS_STATE] if keys.OBS_STATE in self.features else [])]
