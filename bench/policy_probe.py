@@ -26,7 +26,7 @@ import json
 
 import numpy as np
 import torch
-from block_probe import CAMERAS, errors, random_block, scenes, summary
+from block_probe import CAMERAS, SCALE, errors, random_block, scenes, summary
 from common import bench_parser, fail, machine
 from target_reach import BLOCK_TASKS, block_tasks
 
@@ -56,13 +56,18 @@ def features(policy: VLAPolicy, data: dict, batch: int = 64) -> dict[str, np.nda
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
+def holdout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded fifth of n rows held out for choosing a reader's setting, and the rest: (held, fit) indices."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n // 5], order[n // 5 :]
+
+
 def fit_ridge(x: np.ndarray, y: np.ndarray, seed: int):
     """Standardised ridge regression x (N, F) -> y (N, 2), its penalty the best of `PENALTIES` on a held-out
     fifth; refitted on all of x. Returns predict(x) -> (M, 2)."""
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / std
-    order = np.random.default_rng(seed).permutation(len(z))
-    val, fit = order[: len(z) // 5], order[len(z) // 5 :]
+    val, fit = holdout(len(z), seed)
 
     def solve(rows: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
         zr, yr = z[rows], y[rows]
@@ -85,9 +90,8 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 3000):
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0) + 1e-6
     z = torch.as_tensor((x - mean) / std, dtype=torch.float32)
-    t = torch.as_tensor(y / 0.1, dtype=torch.float32)  # tenths of a metre
-    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(z)))
-    val, fit = order[: len(z) // 5], order[len(z) // 5 :]
+    t = torch.as_tensor(y / SCALE, dtype=torch.float32)
+    val, fit = (torch.as_tensor(rows) for rows in holdout(len(z), seed))
     net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, 2))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
     best, best_state = float("inf"), None
@@ -107,7 +111,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 3000):
 
     @torch.no_grad()
     def predict(x_new: np.ndarray) -> np.ndarray:
-        return net(torch.as_tensor((x_new - mean) / std, dtype=torch.float32)).numpy().astype(np.float64) * 0.1
+        return net(torch.as_tensor((x_new - mean) / std, dtype=torch.float32)).numpy().astype(np.float64) * SCALE
 
     return predict
 

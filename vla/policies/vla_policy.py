@@ -80,6 +80,9 @@ class VLAPolicy(nn.Module):
             vocab=self.language.input_embeddings(),
         )
         self.streaming, self.foresee = streaming, foresee
+        # Observation tokens per timestep at inference: every camera, and the state where the policy has one.
+        has_state = keys.OBS_STATE in self.features and self.model.state_encoder is not None
+        self._n_obs = sum(g.n_tokens for g in self.model.layout.observation_groups(has_state, cameras))
         self.reset()
 
     # --- how it is executed (see vla.policies.executor) ----------------------------------------------
@@ -297,7 +300,8 @@ class VLAPolicy(nn.Module):
                 self.model.stream_observe(self._cache, self._observation_tokens(past, self._cache_lang)[:, 0])
         queries = self.model.readout_slots[self.model.layout.readout_slice(True, self.foresee)] if readout else None
         bias, write = self.model.stream_slot(self._cache, self._n_obs, 0 if queries is None else len(queries))
-        forward = getattr(self, "_compiled_step", self._stream_forward)
+        # The compiled step holds eval-mode weights frozen at compile time: never for a policy put back in training.
+        forward = self._stream_forward if self.training else getattr(self, "_compiled_step", self._stream_forward)
         return forward(step, self._cache_lang, queries, bias, self._cache.kv, write)
 
     def _stream_forward(self, step: dict, lang: torch.Tensor, queries: torch.Tensor | None, bias: torch.Tensor,
@@ -306,12 +310,6 @@ class VLAPolicy(nn.Module):
         observation tokens -> `GR1.stream_trunk` (the slot's `bias`, `kv` buffers and `write` positions from
         `GR1.stream_slot`) -> the readout states (1, n_readout', d), or None without `queries`."""
         return self.model.stream_trunk(self._observation_tokens(step, lang)[:, 0], queries, bias, kv, write)
-
-    @property
-    def _n_obs(self) -> int:
-        """Observation tokens per timestep at inference (every camera, and the state where the policy has one)."""
-        state = keys.OBS_STATE in self.features and self.model.state_encoder is not None
-        return sum(g.n_tokens for g in self.model.layout.observation_groups(state, self.model.cameras))
 
     def _obs_keys(self) -> list[str]:
         return [*self.image_keys, *([keys.OBS_STATE] if keys.OBS_STATE in self.features else [])]
