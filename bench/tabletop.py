@@ -13,7 +13,9 @@ Variants (`--variants`, any of):
   image-text  the robot store mixed with captioned tabletop scenes (`vla collect --kind image-text
               --held-out-colours`: the images also show the colour x kind combinations the unseen split
               holds out of robot data), `--image-text-weight` of the batches, with the contrastive loss
-              (`policy.contrastive_weight`, `--contrastive-weight`) beside captioning
+              (`policy.contrastive_weight`, `--contrastive-weight`) beside captioning, and phrase grounding
+              where `--grounding-weight` > 0 (`policy.grounding_weight`: the [ACT] readout finds the object a
+              phrase names, from the scenes' facts)
   video       the robot store, starting from the weights of a video-pretrained run (`--init-from DIR`)
 Every variant uses the same config (`--config`, the `small` preset of configs/tabletop.yaml), steps and
 training seeds (`--train-seeds`), and is evaluated on the same episodes (`--eval-seed`): all 11 tasks on the
@@ -118,6 +120,7 @@ def _config(args, robot: str, captions: str | None, variant: str, seed: int, run
     overrides = [f"train.steps={args.steps}", f"train.seed={seed}", "train.eval.suite=''", "train.eval.tasks=''"]
     if variant == "image-text":
         overrides.append(f"policy.contrastive_weight={args.contrastive_weight}")
+        overrides.append(f"policy.grounding_weight={args.grounding_weight}")
     cfg = load_config(args.config, [*overrides, *args.set])
     cfg.data.stores = [StoreConfig(robot)]
     if variant == "image-text":
@@ -189,6 +192,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--scenes", type=int, default=100, help="image-text: scenes per task, 3 captions each")
     parser.add_argument("--image-text-weight", type=float, default=0.25, help="image-text: share of the batches")
     parser.add_argument("--contrastive-weight", type=float, default=0.1, help="image-text: policy.contrastive_weight")
+    parser.add_argument("--grounding-weight", type=float, default=0.0, help="image-text: policy.grounding_weight")
     parser.add_argument("--init-from", default=None, help="video: the video-pretrained run to start from")
     parser.add_argument("--config", default="configs/tabletop.yaml", help="the training config of every variant")
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every run")
@@ -222,6 +226,7 @@ def _args() -> argparse.Namespace:
         check_value("--action-noise", args.action_noise, min=0.0, max=1.0)
         check_value("--image-text-weight", args.image_text_weight, gt=0.0, max=0.99)
         check_value("--contrastive-weight", args.contrastive_weight, min=0.0)
+        check_value("--grounding-weight", args.grounding_weight, min=0.0)
         if args.max_steps is not None:
             check_value("--max-steps", args.max_steps, min=1)
     except UserError as e:
@@ -268,6 +273,7 @@ def main() -> None:
                       "set": args.set, "preset": cfg.policy.preset, "steps": args.steps,
                       "batch_size": cfg.train.batch_size, "train_seeds": args.train_seeds,
                       "image_text_weight": args.image_text_weight, "contrastive_weight": args.contrastive_weight,
+                      "grounding_weight": args.grounding_weight,
                       "init_from": args.init_from, "episodes_per_task": args.episodes,
                       "chain_episodes": args.chain_episodes, "eval_seed": args.eval_seed, "machine": info,
                       "results": results, **{k: round(v, 1) for k, v in times.items()}}))  # fmt: skip

@@ -9,6 +9,7 @@ from PIL import Image
 
 from vla import keys
 from vla.cli import main
+from vla.datasets.sampler import WindowDataset
 from vla.datasets.store import TrajectoryStore
 
 CORNER = keys.image_key("corner")
@@ -183,6 +184,8 @@ def test_import_image_text_jsonl(images, tmp_path, capsys):
     assert (halves[:, 36:, 2] > 200).all() and (halves[:, 36:, 0] < 50).all()  # right half blue
     np.testing.assert_array_equal(store.episode(2)[CORNER], store.episode(1)[CORNER])  # one frame per caption
     assert main(["data", "check", str(out)]) == 0
+    window = WindowDataset(store)[0]  # no scene facts behind these captions: no phrase grounding pair
+    assert window[keys.CAPTION] == "a green field" and keys.REFERRING_EXPRESSION not in window
 
 
 def test_import_image_text_coco(images, tmp_path, capsys):

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from tests.conftest import fit, tiny_config
-from vla import keys
+from vla import checkpoint, keys
 from vla.checkpoint import load_policy
 from vla.cli import main
 from vla.config import StoreConfig
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.store import TrajectoryStore
 from vla.model.layout import Kind, TokenLayout
+from vla.policies.config import PolicyConfig, with_preset
 from vla.policies.vla_policy import VLAPolicy
 from vla.train import init_from, module_group, train
 from vla.train_data import MixtureOrder, build_data
@@ -220,3 +221,39 @@ def test_init_from_another_size_warns_how_little_matched(metaworld_store, tmp_pa
     report = train(cfg, init=str(tiny), progress=False).init_report
     matched, total = len(report["matched"]), len(report["matched"]) + len(report["fresh"])
     assert f"--init-from {tiny} matched only {matched} of this model's {total} tensors" in caplog.text
+
+
+def _tiny(features: dict, **policy) -> VLAPolicy:
+    config = PolicyConfig(
+        **with_preset(dict(preset="tiny", features=features, history=2, chunk=4, n_action_steps=4, **policy))
+    )
+    return VLAPolicy(config)
+
+
+def test_init_from_one_camera_loads_the_slot_rows_of_the_groups_both_layouts_have(tmp_path):
+    """Pretraining on image-text data of one camera and no state builds shorter slot tables than a two-camera
+    robot policy's: the rows of the groups both have ([ACT], that camera's image tokens and [OBS] queries)
+    are loaded by name, the others ([STATE], the other camera) keep their initialisation."""
+    image = keys.Spec("uint8", (32, 32, 3), "rgb", "a camera").to_json()
+    static, wrist = keys.image_key("static"), keys.image_key("wrist")
+    torch.manual_seed(0)
+    pre = _tiny({static: image}, grounding_weight=1.0)
+    checkpoint.save_policy(pre, tmp_path / "pre")
+    vector = keys.Spec("float32", (4,), "", "").to_json()
+    torch.manual_seed(1)
+    fine = _tiny(
+        {static: image, wrist: image, keys.OBS_STATE: vector, keys.ACTION: vector},
+        grounding_weight=1.0,
+        gripper="continuous",
+    )
+    before = {k: v.clone() for k, v in fine.state_dict().items()}
+    report = init_from(fine, str(tmp_path / "pre"))
+    assert {"model.obs_slots", "model.readout_slots"} <= set(report["matched"])
+    theirs, ours = pre.model.layout, fine.model.layout
+    for table, groups in (("obs_slots", "observation"), ("readout_slots", "readout")):
+        their_rows, our_rows = (x.group_slices(getattr(x, groups)) for x in (theirs, ours))
+        loaded, was = getattr(fine.model, table), before[f"model.{table}"]
+        for name, rows in our_rows.items():
+            expected = getattr(pre.model, table)[their_rows[name]] if name in their_rows else was[rows]
+            assert torch.equal(loaded[rows], expected), (table, name)
+    assert torch.equal(fine.model.grounding.net[1].weight, pre.model.grounding.net[1].weight)

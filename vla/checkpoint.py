@@ -102,6 +102,8 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", *, fo
         policy.model.text = None
     if not any(k.startswith("model.contrastive.") for k in weights):  # saved before the contrastive head
         policy.model.contrastive = None
+    if not any(k.startswith("model.grounding.") for k in weights):  # saved before the grounding head
+        policy.model.grounding = None
     try:
         policy.load_state_dict(weights)
     except RuntimeError as e:

@@ -36,6 +36,11 @@ OPTIONAL_META_FIELDS = (SCENE,)
 PAD_SUFFIX = "_is_pad"
 FUTURE_PREFIX = "future."
 CAPTION = "caption"  # the text of an image-text episode, as the sampler emits it (stored as its instruction)
+# Phrase grounding (referring-expression comprehension) from an image-text episode's `scene` facts: a phrase
+# naming one object of the image ("the red block") and where it stands, (lateral, depth) in m in the view
+# coordinates of the camera the facts were taken from (vla.envs.tabletop.caption_facts.referents).
+REFERRING_EXPRESSION = "referring_expression"
+REFERENT_POSITION = "referent_position"
 
 # --- image size: the square side in pixels of every camera frame (envs, stores, robots) ----------
 IMAGE_SIZE = 64  # the default wherever frames are rendered, imported or resized

@@ -13,7 +13,12 @@ action_dim) from steps s .. s+chunk-1, future frames (history, K, H, W, 3) at s+
 pad mask of the same leading shape.
 
 An image-text store's windows are its one frame (history 1, no future frame) and `caption` in place
-of `instruction`. Video stores simply have no state or action keys.
+of `instruction`; where its episodes record their `scene` (tabletop collection), also a phrase grounding
+pair: `referring_expression` naming one object of the scene that colour and kind pick out ("the red
+block") and `referent_position` (2,) where it stands (m, the view coordinates of `caption_facts`), with
+`referent_position_is_pad` where the scene has no such object. Which object, and which noun names it,
+cycles with the window's index, so a scene's captions ground different objects. Video stores simply
+have no state or action keys.
 
 Steps outside the episode repeat its first or last step (edge padding) and are marked in the mask,
 which every loss honours.
@@ -190,6 +195,17 @@ class WindowDataset(Dataset):
                 raise StoreError(f"{self.store.path}: data/{key} holds non-finite values at steps {bad[:5].tolist()}"
                                  f"{' ...' if len(bad) > 5 else ''}; run `vla data check`")  # fmt: skip
         self._caches: dict[str, _ChunkCache] | None = None  # built lazily, once per worker process
+        self._referents = self._scene_referents() if self.store.kind == "image-text" else None
+
+    def _scene_referents(self) -> dict | None:
+        """{episode: its scene's referents} for the sampled episodes, or None where the store records no scenes."""
+        from vla.envs.tabletop.caption_facts import Scene, referents
+
+        stored = self.store.meta(keys.SCENE)
+        scenes = {int(e): str(stored[e]) for e in self.episodes}
+        if not any(scenes.values()):
+            return None
+        return {e: referents(Scene.from_json(text)) if text else [] for e, text in scenes.items()}
 
     def __len__(self) -> int:
         return len(self.anchor_step)
@@ -231,7 +247,21 @@ class WindowDataset(Dataset):
         item[self.text_key] = str(self.instructions[episode])
         item[keys.TASK] = str(self.tasks[episode])
         item["episode_index"] = episode
+        if self._referents is not None:
+            item.update(self._grounding(i, self._referents[episode]))
         return item
+
+    @staticmethod
+    def _grounding(i: int, referents: list) -> dict:
+        if not referents:
+            return {keys.REFERRING_EXPRESSION: "", keys.REFERENT_POSITION: np.zeros(2, np.float32),
+                    keys.pad_key(keys.REFERENT_POSITION): np.True_}  # fmt: skip
+        referent = referents[i % len(referents)]
+        return {
+            keys.REFERRING_EXPRESSION: referent.phrase(i // len(referents)),
+            keys.REFERENT_POSITION: np.array([referent.lateral, referent.depth], np.float32),
+            keys.pad_key(keys.REFERENT_POSITION): np.False_,
+        }
 
 
 class EpochSampler(Sampler[int]):

@@ -21,10 +21,10 @@ from einops import rearrange
 from torch import nn
 
 from vla.model.encoders import StateEncoder, VisionEncoder
-from vla.model.gpt import KV, Trunk, ZeroLinear
+from vla.model.gpt import KV, Trunk
 from vla.model.heads import ActionHead, FlowHead, MAEDecoder, ResidualDecoder
 from vla.model.layout import Kind, TokenLayout
-from vla.model.text import ContrastiveHead, TextHead
+from vla.model.text import ContrastiveHead, GroundingHead, TextHead
 from vla.policies.config import PolicyConfig
 
 
@@ -92,6 +92,7 @@ class GR1(nn.Module):
         self.text = TextHead(d, vocab, cfg.max_text_len) if vocab is not None else None
         # Only where its loss is on: a head nothing trains would sit in every checkpoint as noise.
         self.contrastive = ContrastiveHead(d, lang_dim) if vocab is not None and cfg.contrastive_weight > 0 else None
+        self.grounding = GroundingHead(d) if cfg.grounding_weight > 0 else None
         self.apply(_init_weights)
 
     @staticmethod
@@ -256,7 +257,9 @@ class GR1(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear) and not isinstance(module, ZeroLinear):
+    """GPT-2's init (normal, std 0.02) for plain linear layers; a subclass (`ZeroLinear`, `KeypointLogits`) keeps
+    the start its `reset_parameters` chose."""
+    if type(module) is nn.Linear:
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)

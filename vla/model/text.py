@@ -82,3 +82,29 @@ class ContrastiveHead(nn.Module):
         logits = self.similarity(image, text).float()
         target = same.float() / same.float().sum(1, keepdim=True)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2  # `same` is symmetric
+
+
+class GroundingHead(nn.Module):
+    """Phrase grounding (referring-expression comprehension, as RefCOCO asks it): the [ACT] readout of a pass
+    over (the phrase as the prefix, one image) -> where the phrase's object stands, (lateral, depth) in the
+    view coordinates of the image-text store's scene facts, regressed in tenths of a metre with smooth-L1.
+
+    The readout is the one the policy's action head reads, and the phrase is also what FiLM-conditioned
+    vision encoders (`vision_film`) see: an image-text batch with scene facts teaches the trunk and the
+    encoders to find the object a sentence names, which behaviour cloning alone does not
+    (`bench/policy_probe.py`); `bench/block_probe.py` measured that this encoder learns it when asked."""
+
+    SCALE = 0.1  # m per regressed unit: the tabletop's view coordinates span about +-0.3 m
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2))
+
+    def forward(self, act: torch.Tensor) -> torch.Tensor:
+        """act (B, dim) -> (B, 2) the predicted position in m."""
+        return self.net(act) * self.SCALE
+
+    def loss(self, act: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """act (B, dim), target (B, 2) m, keep (B,) bool -> smooth-L1 in SCALE units over the kept rows."""
+        error = F.smooth_l1_loss(self.net(act).float(), target / self.SCALE, reduction="none").sum(-1)
+        return masked_mean(error, keep)

@@ -124,6 +124,8 @@ class PolicyConfig:
     text_weight: float = option(1.0, min=0.0, help="the captioning loss")
     contrastive_weight: float = option(0.0, min=0.0, help="the contrastive image-text loss beside captioning "
                                        "(CLIP's InfoNCE: image-text batches only; off until measured)")  # fmt: skip
+    grounding_weight: float = option(0.0, min=0.0, help="phrase grounding on image-text batches with scene facts "
+                                     "(where the named object stands, from [ACT]; off until measured)")  # fmt: skip
     gripper_weight: float = option(0.1, min=0.0, help="the gripper's BCE beside the arm's smooth-L1 (action loss)")
     foresight_stats_weight: float = option(10.0, min=0.0, help="the decoder's per-patch mean/std beside its "
                                            "normalised pixels")  # fmt: skip

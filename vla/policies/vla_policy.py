@@ -11,7 +11,8 @@ the policy says how it was trained to be executed: `history`, `n_action_steps`, 
 Training: `loss, metrics = policy(batch)` on a collated window batch (see `vla.datasets.sampler`).
 Which losses run is decided by what the batch carries: `action` -> the action loss, `future.<image
 key>` -> the foresight loss, `caption` -> the captioning loss and (`contrastive_weight` > 0) the
-contrastive image-text loss (`vla.model.text.ContrastiveHead`). A batch without `observation.state`
+contrastive image-text loss (`vla.model.text.ContrastiveHead`), `referring_expression` (`grounding_weight`
+> 0) -> phrase grounding (`vla.model.text.GroundingHead`). A batch without `observation.state`
 (video) leaves out the [STATE] token, one without `action` the [ACT] readout, so the state encoder
 and the action head see no such batch and get no gradient from it.
 
@@ -31,6 +32,7 @@ from vla import keys
 from vla.errors import UserError
 from vla.model.encoders import SentenceEncoder
 from vla.model.gr1 import GR1, StreamCache
+from vla.model.heads import masked_mean
 from vla.model.text import CAPTION_PROMPT
 from vla.policies.augment import shift_window
 from vla.policies.base import Prediction
@@ -131,13 +133,16 @@ class VLAPolicy(nn.Module):
         batch = {k: v.to(self._device()) if torch.is_tensor(v) else v for k, v in batch.items()}
         weights = self.config
         if keys.CAPTION in batch:
-            losses, metrics = self._image_text_losses(batch), {}
+            captioned = weights.text_weight > 0 or weights.contrastive_weight > 0  # else grounding alone: skip them
+            losses, metrics = self._image_text_losses(batch) if captioned else {}, {}
+            if keys.REFERRING_EXPRESSION in batch and self.model.grounding is not None:
+                losses["grounding"], metrics["grounding_error_cm"] = self._grounding_loss(batch)
         else:
             losses, metrics = self._window_losses(batch)
         if not losses:
             raise UserError(f"a batch with keys {sorted(batch)} gives this policy nothing to learn")
         scale = {"action": weights.action_weight, "foresight": weights.foresight_weight, "text": weights.text_weight,
-                 "contrastive": weights.contrastive_weight}  # fmt: skip
+                 "contrastive": weights.contrastive_weight, "grounding": weights.grounding_weight}  # fmt: skip
         loss = sum(scale[name] * value for name, value in losses.items())
         metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
         return loss, {k: float(v) for k, v in metrics.items()}
@@ -229,6 +234,41 @@ class VLAPolicy(nn.Module):
             same = (frames[:, None] == frames[None]).all(-1)  # (B, B)
             losses["contrastive"] = head.loss(image.mean(1), self._lang(batch[keys.CAPTION]), same)
         return losses
+
+    def _grounding_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phrase grounding on an image-text batch -> (smooth-L1 loss, mean error in cm of the kept rows)."""
+        images = {k: batch[k][:, -1:] for k in self.image_keys if k in batch}
+        act = self._referent_readout(batch[keys.REFERRING_EXPRESSION], images)
+        target, keep = batch[keys.REFERENT_POSITION], ~batch[keys.pad_key(keys.REFERENT_POSITION)]
+        with torch.no_grad():
+            error = masked_mean((self.model.grounding(act).float() - target).norm(dim=-1), keep) * 100
+        return self.model.grounding.loss(act, target, keep), error
+
+    def _referent_readout(self, phrases: list[str], images: dict) -> torch.Tensor:
+        """The [ACT] readout (B, d) of a pass whose prefix (and FiLM's condition) is the phrase and whose one
+        timestep is the image: {image key: (B, 1, H, W, 3) raw}."""
+        lang = self._lang(phrases)
+        h = self.model(lang, self._observation_tokens(images, lang), readouts="last", foresight=False)
+        return self.model.split_readouts(h[:, -1], foresight=False)[1]
+
+    @torch.no_grad()
+    def locate(self, frames: np.ndarray, phrases: list[str], key: str | None = None) -> np.ndarray:
+        """Phrase grounding: where the object each phrase names stands in its frame. frames (N, H, W, 3) uint8 of
+        camera `key` (default the policy's first), phrases N referring expressions ("the red block") -> (N, 2)
+        float, (lateral, depth) in m in the view coordinates the policy was trained on
+        (`vla.envs.tabletop.caption_facts`). Raises UserError for a policy trained without `grounding_weight`,
+        a camera it does not have, or other than one phrase per frame."""
+        key = key or self.image_keys[0]
+        if key not in self.image_keys:
+            raise UserError(f"unknown camera {key!r}; valid: {', '.join(self.image_keys)}")
+        if self.model.grounding is None:
+            raise UserError("this policy has no grounding head: train it with policy.grounding_weight > 0 on an "
+                            "image-text store with scene facts")  # fmt: skip
+        if len(frames) != len(phrases):
+            raise UserError(f"{len(frames)} frames but {len(phrases)} phrases: give one phrase per frame")
+        images = torch.as_tensor(np.asarray(frames))[:, None].to(self._device())
+        act = self._referent_readout(list(phrases), {key: images})
+        return self.model.grounding(act).float().cpu().numpy()
 
     @torch.no_grad()
     def caption(self, image: np.ndarray, max_tokens: int | None = None) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +89,29 @@ def scene_facts(env, camera: str, min_pixels: int | None = None) -> Scene:
         for o in env.scene_objects(camera)
     ]  # fmt: skip
     return Scene(things, bool(env.scene.drawer_opening() > DRAWER_OPEN), bool(env.scene.light_on), min_pixels)
+
+
+@dataclass(frozen=True)
+class Referent:
+    """An object of a scene that a colour and a kind name alone: "the red block" (RefCOCO's referring
+    expression), and where it stands in the camera's view coordinates (m)."""
+
+    colour: str
+    kind: str
+    lateral: float
+    depth: float
+
+    def phrase(self, variant: int = 0) -> str:
+        """The referring expression, with the kind's `variant`-th noun (cycling): "the red cube"."""
+        nouns = NOUNS[self.kind]
+        return f"the {self.colour} {nouns[variant % len(nouns)]}"
+
+
+def referents(scene: Scene) -> list[Referent]:
+    """The visible objects of `scene` that no other visible object shares colour and kind with, in scene
+    order: the ones a referring expression of colour and kind picks out unambiguously."""
+    seen = Counter((t.colour, t.kind) for t in scene.visible)
+    return [Referent(t.colour, t.kind, t.lateral, t.depth) for t in scene.visible if seen[(t.colour, t.kind)] == 1]
 
 
 @dataclass(frozen=True)
