@@ -34,8 +34,9 @@ from vla.envs import get_suite, resolve_tasks
 from vla.errors import UserError, choice_error
 from vla.eval_report import wilson_interval
 from vla.evaluate import EvalConfig, evaluate
+from vla.init_from import summarize_init
 from vla.options import check_value
-from vla.train import summarize_init, train
+from vla.train import train
 
 SEEN = "drawer-open-v3,door-open-v3,window-open-v3,button-press-topdown-v3"  # ML45 train tasks (and MT10)
 SETTINGS = {"seen": "finetuning tasks whose video was pretrained on", "unseen": "tasks whose video never was"}

@@ -49,9 +49,10 @@ from vla.config import StoreConfig, load_config
 from vla.errors import UserError, choice_error
 from vla.eval_report import chain_length_interval, wilson_interval
 from vla.evaluate import EvalConfig, evaluate
+from vla.init_from import summarize_init
 from vla.options import check_value
 from vla.resume import prepare
-from vla.train import summarize_init, train
+from vla.train import train
 
 VARIANTS = {
     "robot": "the robot store alone",

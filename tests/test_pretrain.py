@@ -14,10 +14,11 @@ from vla.cli import main
 from vla.config import StoreConfig
 from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.store import TrajectoryStore
+from vla.init_from import init_from, module_group
 from vla.model.layout import Kind, TokenLayout
 from vla.policies.config import PolicyConfig, with_preset
 from vla.policies.vla_policy import VLAPolicy
-from vla.train import init_from, module_group, train
+from vla.train import train
 from vla.train_data import MixtureOrder, build_data
 
 CAPTIONS = ["a drawer on the table", "a red dot above the table", "the arm near the drawer", "an empty table"]

@@ -65,7 +65,7 @@ def _run_training(args: argparse.Namespace, cfg) -> int:
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, one process speaks for the run
         return 0
     if result.init_report:
-        from vla.train import summarize_init
+        from vla.init_from import summarize_init
 
         print(f"init from {args.init_from} (details in {result.out / 'init_report.json'}):")
         print(summarize_init(result.init_report))
