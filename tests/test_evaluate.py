@@ -345,3 +345,42 @@ def test_baseline_runs_on_the_same_seeds_and_is_printed_beside(tmp_path, capsys)
     assert report["baseline"]["policy"] == "zero"
     assert report["baseline"]["tasks"]["drawer-close-v3"]["success_rate"] == 0.0
     assert "Beside the zero policy on the same seeds" in printed and "| drawer-close-v3 | 100.0% | 0.0% |" in printed
+
+
+def test_demonstration_scenes_replay_the_runs_training_episodes_only(tmp_path, metaworld_store):
+    """--scenes demonstrations rolls out the seeds of the episodes the run trained on: the store's, less
+    those `vla train` held out (val_fraction 0.5 of 2 episodes per task: one each)."""
+    from vla.checkpoint import load_policy, write
+    from vla.config import Config, StoreConfig
+    from vla.datasets.sampler import split_episodes
+    from vla.datasets.store import TrajectoryStore
+
+    store = TrajectoryStore.open(metaworld_store)
+    loaded = load_policy(_untrained(store.specs, tmp_path / "policy"))
+    run = Config()
+    run.policy, run.data.stores, run.data.val_fraction = loaded.config, [StoreConfig(str(metaworld_store))], 0.5
+    write(tmp_path / "run", run, loaded, loaded.state_dict(), None)
+    tasks, seeds = store.meta(keys.TASK), store.meta(keys.SEED)
+    train, val = split_episodes(tasks, 0.5, run.train.seed)
+    out = tmp_path / "eval"
+    assert run_eval(out, "--policy", str(tmp_path / "run"), "--tasks", TASKS, "--scenes", "demonstrations",
+                    "--episodes", "5", "--max-steps", "2", "--videos", "0") == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(e["seed"] for e in report["episodes"]) == sorted(int(seeds[i]) for i in train)
+    assert not {e["seed"] for e in report["episodes"]} & {int(seeds[i]) for i in val}
+    assert report["config"]["scene_source"] == "demonstrations" and report["config"]["split"] == "train"
+    # Fresh scenes (the default) never replay a collected one.
+    fresh = tmp_path / "fresh"
+    assert run_eval(fresh, "--policy", str(tmp_path / "run"), "--tasks", TASKS, "--episodes", "1", "--max-steps",
+                    "2", "--videos", "0") == 0  # fmt: skip
+    assert not {e["seed"] for e in json.loads((fresh / "report.json").read_text())["episodes"]} & set(seeds.tolist())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--policy", "zero", "--tasks", "reach-v3"], "needs a checkpoint --policy"),
+    (["--policy", "zero", "--suite", "tabletop", "--chain"], "needs a checkpoint --policy"),
+])  # fmt: skip
+def test_demonstration_scenes_refuse_what_has_no_training_episodes(tmp_path, capsys, extra, message):
+    out = tmp_path / "refused"
+    assert main(["eval", "-q", "--out", str(out), "--scenes", "demonstrations", *extra]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vla import keys
+from vla.eval_scenes import SCENES
 from vla.options import check_fields, option
 
 BASELINES = ("zero", "expert")  # --policy values that need no checkpoint
@@ -38,6 +39,9 @@ class EvalConfig:
                                     help=f"zero/expert image side (default: {keys.IMAGE_SIZE}; a checkpoint "
                                     "brings its own)")  # fmt: skip
     steps_after_success: int = option(2, min=0, help="steps after the first success, so the video shows it")
+    scenes: str = option("fresh", choices=SCENES, help="fresh: layouts never collected (from "
+                         "--seed) | demonstrations: the scenes of the run's own training episodes, to tell not "
+                         "imitating from not generalising (vla.eval_scenes)")  # fmt: skip
     baseline: str | None = option(None, choices=BASELINES, help="also run this weightless policy on the same "
                                   "seeds, for comparison")  # fmt: skip
 

@@ -163,7 +163,8 @@ def format_markdown(report: dict) -> str:
     lines = [
         f"# {cfg['policy']} on {cfg['suite']} ({cfg['split']})",
         "",
-        f"{cfg['episodes']} {'chains' if cfg['chain'] else 'episodes per task'}, seed {cfg['seed']}, "
+        f"{'up to ' if cfg.get('scene_source') == 'demonstrations' else ''}{cfg['episodes']} "
+        f"{'chains' if cfg['chain'] else 'episodes per task'}, seed {cfg['seed']}, "
         f"latency {'charged' if cfg['charge_latency'] else 'not charged'}, {report['seconds']:.0f} s",
         *([f"Scenes: {cfg['scenes']}."] if cfg.get("scenes") else []),
         "",

@@ -46,6 +46,7 @@ from vla.envs.rollout import Observer, Rollout, TimedAct, rollout
 from vla.errors import UserError
 from vla.eval_config import BASELINES, EvalConfig, default_suite
 from vla.eval_report import build_report, video_frame, write_report, write_video
+from vla.eval_scenes import demonstration_seeds
 from vla.policies.base import ExpertPolicy, Policy, Prediction, ZeroPolicy
 from vla.policies.executor import StepClockAct
 from vla.viz import ForesightTracker
@@ -285,6 +286,7 @@ class Plan:
     out: Path
     groups: dict[str, list[str]]  # the suite's named task groups
     policy: object = None  # the loaded checkpoint policy (None for zero/expert)
+    seeds: dict[str, list[int]] | None = None  # task -> episode seeds, with --scenes demonstrations
 
 
 def prepare(cfg: EvalConfig) -> Plan:
@@ -297,6 +299,9 @@ def prepare(cfg: EvalConfig) -> Plan:
     suite = envs.get_suite(cfg.suite or default_suite(path, features))
     split = envs.resolve_split(suite, suite.eval_split if cfg.split is None else cfg.split)
     tasks = _tasks(cfg, suite)
+    seeds = None
+    if cfg.scenes == "demonstrations":
+        split, seeds = _demonstration_scenes(cfg, kind, suite.name, tasks)
     size, cameras = _env_shape(cfg, suite, features)
     setup = Setup(suite.name, split, kind, path, size, cameras, cfg.max_steps, cfg.chain, cfg.charge_latency,
                   cfg.steps_after_success, video_dir="")  # fmt: skip
@@ -310,7 +315,24 @@ def prepare(cfg: EvalConfig) -> Plan:
     out = _out_dir(cfg, kind, suite.name)
     setup.video_dir = str(out / "videos")
     groups = {name: list(members) for name, members in suite.groups.items()}
-    return Plan(setup, tasks, out, groups, policy)
+    return Plan(setup, tasks, out, groups, policy, seeds)
+
+
+def _describe_scenes(cfg: EvalConfig, setup: Setup) -> str:
+    if cfg.scenes == "demonstrations":
+        return (f"the scenes of the run's own training episodes (its robot store's seeds, {setup.split} split), "
+                "not fresh layouts")  # fmt: skip
+    return envs.get_suite(setup.suite).describe_split(setup.split)
+
+
+def _demonstration_scenes(cfg: EvalConfig, kind: str, suite: str, tasks: list[str]) -> tuple[str, dict]:
+    if kind != "checkpoint" or cfg.chain:
+        raise UserError("--scenes demonstrations replays a vla run's training episodes: it needs a checkpoint "
+                        "--policy and single tasks (not --chain)")  # fmt: skip
+    split, seeds = demonstration_seeds(cfg.policy, suite, tasks, cfg.episodes)
+    if cfg.split is not None and cfg.split != split:
+        raise UserError(f"--split {cfg.split}: the run's demonstrations were collected on split {split}")
+    return split, seeds
 
 
 def _videos_possible(wanted: int) -> int:
@@ -337,11 +359,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
     setup, tasks, out = plan.setup, plan.tasks, plan.out
     videos = _videos_possible(cfg.videos)
     split_key = "eval/" + setup.split
-    jobs = [
-        Job(task, i, envs.episode_seed(cfg.seed, setup.suite, split_key, task, i), i < videos)
+    seeds = plan.seeds or {
+        task: [envs.episode_seed(cfg.seed, setup.suite, split_key, task, i) for i in range(cfg.episodes)]
         for task in tasks
-        for i in range(cfg.episodes)
-    ]
+    }
+    jobs = [Job(task, i, seed, i < videos) for task in tasks for i, seed in enumerate(seeds[task])]
     if videos and setup.cameras:
         Path(setup.video_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -349,7 +371,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[dict, Path]:
     results = _run_jobs(setup if videos else _unseeing(setup), jobs, cfg.workers, progress, plan.policy)
     seconds = time.perf_counter() - start
     config = {**asdict(cfg), "suite": setup.suite, "split": setup.split,
-              "scenes": envs.get_suite(setup.suite).describe_split(setup.split), "image_size": setup.image_size,
+              "scenes": _describe_scenes(cfg, setup), "scene_source": cfg.scenes, "image_size": setup.image_size,
               "cameras": list(setup.cameras)}  # fmt: skip
     report = build_report(config, setup.policy_kind, tasks, plan.groups, [asdict(r) for r in results], seconds)
     if cfg.baseline:
