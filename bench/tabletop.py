@@ -20,6 +20,8 @@ Variants (`--variants`, any of):
 Every variant uses the same config (`--config`, the `small` preset of configs/tabletop.yaml), steps and
 training seeds (`--train-seeds`), and is evaluated on the same episodes (`--eval-seed`): all 11 tasks on the
 train split (fresh layouts) and on the unseen split, and `--chain-episodes` CALVIN-style chains of 5.
+With `--demonstrations`, every run is also evaluated on the scenes of its own training episodes (`vla eval
+--scenes demonstrations`, `--episodes` per task): a policy that fails there fails to imitate, not to generalise.
 Successes are pooled over tasks and training seeds with a 95% Wilson interval; the average chain length has
 the interval of `vla.eval_report.chain_length_interval`. Re-running with the same --out reuses the stores,
 finished runs and evaluations (an interrupted run resumes). Prints a table and, last, one JSON line.
@@ -60,6 +62,7 @@ VARIANTS = {
     "video": "robot store, initialised from --init-from (video pretraining)",
 }
 SPLITS = ("train", "unseen")  # each evaluated on all 11 tasks
+DEMONSTRATIONS = "demonstrations"  # the runs' own training scenes (--demonstrations)
 IMAGE_TEXT_SEED = 1  # other scenes than the robot demonstrations' (collect seed 0): more layouts to describe
 
 
@@ -133,16 +136,20 @@ def _config(args, robot: str, captions: str | None, variant: str, seed: int, run
 
 # --- evaluation --------------------------------------------------------------------------------------
 def _evaluate(args, run: str, name: str, split: str | None) -> dict:
-    """One evaluation (split None: chains), reused when it exists with the same episodes and seed."""
-    chain = split is None
+    """One evaluation (split None: chains; DEMONSTRATIONS: the run's own training scenes), reused when it
+    exists with the same episodes and seed."""
+    chain, demos = split is None, split == DEMONSTRATIONS
     episodes = args.chain_episodes if chain else args.episodes
     limit = f"-max{args.max_steps}" if args.max_steps and not chain else ""
-    out = Path(args.out) / f"eval-{name}-{split or 'chain'}-{episodes}ep{limit}-seed{args.eval_seed}"
+    seed = "" if demos else f"-seed{args.eval_seed}"  # the demonstrations' own seeds
+    out = Path(args.out) / f"eval-{name}-{split or 'chain'}-{episodes}ep{limit}{seed}"
     if (out / "report.json").exists():
         return json.loads((out / "report.json").read_text())
     cpu = time.process_time()
     report, _ = evaluate(EvalConfig(policy=run, suite="tabletop", tasks=None if chain else "tabletop11",
-                                    split=split or "train", chain=chain, episodes=episodes, workers=args.workers,
+                                    split="train" if demos else split or "train", chain=chain,
+                                    scenes="demonstrations" if demos else "fresh", episodes=episodes,
+                                    workers=args.workers,
                                     max_steps=None if chain else args.max_steps, seed=args.eval_seed, videos=0,
                                     out=str(out)))  # fmt: skip
     timing = {
@@ -178,8 +185,9 @@ def _chains(reports: list[dict]) -> dict:
 def _result(reports: dict[str, list[dict]], seconds: list[float]) -> dict:
     train_split, unseen = _success(reports["train"]), _success(reports["unseen"])
     ratio = unseen["success"] / train_split["success"] if train_split["success"] else None
+    own = _success(reports[DEMONSTRATIONS]) if reports[DEMONSTRATIONS] else None
     return {"train": train_split, "unseen": unseen, "unseen_over_train": ratio, "chain": _chains(reports["chain"]),
-            "train_s": sum(seconds) / len(seconds), "train_s_per_seed": seconds}  # fmt: skip
+            DEMONSTRATIONS: own, "train_s": sum(seconds) / len(seconds), "train_s_per_seed": seconds}  # fmt: skip
 
 
 # --- the bench ---------------------------------------------------------------------------------------
@@ -200,6 +208,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (every run)")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per task, per split and run")
     parser.add_argument("--chain-episodes", type=int, default=50, help="chains of 5 per run")
+    parser.add_argument("--demonstrations", action="store_true", help="also evaluate every run on the scenes of "
+                        "its own training episodes (--episodes per task)")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=None, help="evaluation episode limit (default: the "
                         "suite's, 200; a chain keeps its 150 steps per subtask)")  # fmt: skip
     parser.add_argument("--eval-seed", type=int, default=0, help="the same evaluation episodes for every run")
@@ -254,14 +264,14 @@ def main() -> None:
     info = machine()
     try:
         robot, captions, times = _stores(args, out, args.variants)
-        reports = {v: {"train": [], "unseen": [], "chain": []} for v in args.variants}
+        reports = {v: {"train": [], "unseen": [], "chain": [], DEMONSTRATIONS: []} for v in args.variants}
         seconds: dict[str, list[float]] = {v: [] for v in args.variants}
         start = time.perf_counter()
         for seed in args.train_seeds:  # seed by seed: every variant has a result after the first seed
             for variant in args.variants:
                 run, t = _train(args, robot, captions, variant, seed)
                 seconds[variant].append(t)
-                for split in (*SPLITS, None):
+                for split in (*SPLITS, None, *([DEMONSTRATIONS] if args.demonstrations else [])):
                     reports[variant][split or "chain"].append(_evaluate(args, run, f"{variant}-seed{seed}", split))
         times["train_and_eval_s"] = time.perf_counter() - start
     except UserError as e:  # a bad --set, a store of another recipe, ...: one line
@@ -276,8 +286,14 @@ def main() -> None:
                       "image_text_weight": args.image_text_weight, "contrastive_weight": args.contrastive_weight,
                       "grounding_weight": args.grounding_weight,
                       "init_from": args.init_from, "episodes_per_task": args.episodes,
-                      "chain_episodes": args.chain_episodes, "eval_seed": args.eval_seed, "machine": info,
+                      "chain_episodes": args.chain_episodes, "demonstrations": args.demonstrations,
+                      "eval_seed": args.eval_seed, "machine": info,
                       "results": results, **{k: round(v, 1) for k, v in times.items()}}))  # fmt: skip
+
+
+def _rate(s: dict) -> str:
+    lo, hi = s["ci95"]
+    return f"{s['success']:.1%} ({lo:.1%}-{hi:.1%}), {s['successes']}/{s['episodes']}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -291,18 +307,17 @@ def _print(args, cfg, results: dict, info: dict) -> None:
           f"seeds {seeds}; {demos} per task; {_count(args.episodes, 'episode')} per "
           f"task and split and {_count(args.chain_episodes, 'chain')} per run, pooled over seeds; "
           f"{describe(info)}:\n")  # fmt: skip
+    own = " own demonstrations' scenes (95% Wilson CI) |" if args.demonstrations else ""
     print("| variant | train success (95% Wilson CI) | unseen success (95% Wilson CI) | unseen / train | "
-          "average chain length of 5 (95% interval) | training time |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          f"average chain length of 5 (95% interval) |{own} training time |")  # fmt: skip
+    print("|---|---|---|---|---|" + "---|" * (2 if args.demonstrations else 1))
     for variant, r in results.items():
-        cells = [variant]
-        for split in SPLITS:
-            s = r[split]
-            lo, hi = s["ci95"]
-            cells.append(f"{s['success']:.1%} ({lo:.1%}-{hi:.1%}), {s['successes']}/{s['episodes']}")
+        cells = [variant, *(_rate(r[split]) for split in SPLITS)]
         cells.append("-" if r["unseen_over_train"] is None else f"{r['unseen_over_train']:.2f}")
         c, (lo, hi) = r["chain"], r["chain"]["ci95"]
         cells.append(f"{c['avg_chain_length']:.2f} ({lo:.2f}-{hi:.2f}), {_count(c['chains'], 'chain')}")
+        if args.demonstrations:
+            cells.append(_rate(r[DEMONSTRATIONS]))
         cells.append(f"{r['train_s']:.0f} s" + (" per seed" if len(args.train_seeds) > 1 else ""))
         print("| " + " | ".join(cells) + " |")
 
