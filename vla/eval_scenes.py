@@ -30,9 +30,8 @@ def demonstration_seeds(policy_path: str, suite: str, tasks: list[str], episodes
     from vla.datasets.store import TrajectoryStore
 
     cfg = load_run_config(policy_path)
-    paths = [s.path for s in cfg.data.stores if TrajectoryStore.exists(s.path)]
-    stores = [TrajectoryStore.open(p) for p in paths]
-    robot = next((s for s in stores if s.kind == "robot"), None)
+    stores = (TrajectoryStore.open(s.path) for s in cfg.data.stores if TrajectoryStore.exists(s.path))
+    robot = next((s for s in stores if s.kind == "robot"), None)  # opened in turn, up to the first robot store
     if robot is None:
         wanted = ", ".join(s.path for s in cfg.data.stores)
         raise UserError(f"--scenes demonstrations needs the run's robot store; none of {wanted} is one here "

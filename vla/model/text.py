@@ -104,7 +104,9 @@ class GroundingHead(nn.Module):
         """act (B, dim) -> (B, 2) the predicted position in m."""
         return self.net(act) * self.SCALE
 
-    def loss(self, act: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """act (B, dim), target (B, 2) m, keep (B,) bool -> smooth-L1 in SCALE units over the kept rows."""
-        error = F.smooth_l1_loss(self.net(act).float(), target / self.SCALE, reduction="none").sum(-1)
-        return masked_mean(error, keep)
+    def loss(self, act: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """act (B, dim), target (B, 2) m, keep (B,) bool -> (smooth-L1 in SCALE units over the kept rows, the
+        predicted positions (B, 2) in m, detached, for metrics)."""
+        units = self.net(act).float()
+        error = F.smooth_l1_loss(units, target / self.SCALE, reduction="none").sum(-1)
+        return masked_mean(error, keep), units.detach() * self.SCALE

@@ -240,9 +240,8 @@ class VLAPolicy(nn.Module):
         images = {k: batch[k][:, -1:] for k in self.image_keys if k in batch}
         act = self._referent_readout(batch[keys.REFERRING_EXPRESSION], images)
         target, keep = batch[keys.REFERENT_POSITION], ~batch[keys.pad_key(keys.REFERENT_POSITION)]
-        with torch.no_grad():
-            error = masked_mean((self.model.grounding(act).float() - target).norm(dim=-1), keep) * 100
-        return self.model.grounding.loss(act, target, keep), error
+        loss, position = self.model.grounding.loss(act, target, keep)
+        return loss, masked_mean((position - target).norm(dim=-1), keep) * 100
 
     def _referent_readout(self, phrases: list[str], images: dict) -> torch.Tensor:
         """The [ACT] readout (B, d) of a pass whose prefix (and FiLM's condition) is the phrase and whose one
