@@ -136,7 +136,35 @@ def test_streaming_writes_into_buffers_allocated_once_and_observing_equals_readi
         assert [(k.data_ptr(), k.shape) for k, _ in cache.kv] == buffers
     n_prefix, n_obs = 1, obs.shape[2]
     assert cache.kv[0][0].shape[2] == n_prefix + history * n_obs
-    assert len(cache.bias) <= 2 * history  # built once per pattern of slot ages, observe and read out
+    assert len(model._stream_biases) <= 2 * history  # built once per pattern of slot ages, observe and read out
+
+
+def test_streaming_biases_outlive_an_episode_but_not_a_change_of_weights():
+    """The attention biases are kept across episodes (each costs a fraction of a millisecond to build), and
+    rebuilt when the time-bias weights change in place (an optimiser step, load_state_dict) or are replaced."""
+    history, T = 3, 7
+    model = make_model(history)
+    images, state, lang = inputs(T=T)
+
+    def episode() -> None:
+        cache = model.start_stream(lang)
+        for t in range(T):
+            streamed = model.stream_step(cache, obs[:, t])
+            full = model(lang, obs[:, max(0, t - history + 1) : t + 1], readouts="last")[:, 0]
+            torch.testing.assert_close(streamed, full, atol=1e-5, rtol=1e-5)
+
+    with torch.no_grad():
+        obs = model.observation_tokens(images, state)
+        episode()
+        kept = dict(model._stream_biases)
+        episode()
+        assert all(model._stream_biases[k] is v for k, v in kept.items())  # the second episode built none
+        model.trunk.time_bias.add_(torch.randn_like(model.trunk.time_bias))  # as an optimiser step would
+        episode()
+        model.load_state_dict({**model.state_dict(), "trunk.time_bias": torch.randn(model.trunk.time_bias.shape)})
+        episode()
+        model.trunk.time_bias = torch.nn.Parameter(torch.randn_like(model.trunk.time_bias))
+        episode()
 
 
 def test_loading_the_sentence_encoder_prints_nothing(capfd):

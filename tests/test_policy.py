@@ -14,6 +14,7 @@ from vla.datasets.sampler import WindowDataset, WindowSpec, collate
 from vla.datasets.stats import get_stats
 from vla.datasets.store import TrajectoryStore
 from vla.errors import UserError
+from vla.policies.compiled_step import AotStep
 from vla.policies.executor import ChunkExecutor
 from vla.policies.normalizer import Normalizer
 from vla.policies.vla_policy import VLAPolicy
@@ -122,23 +123,22 @@ def test_streaming_policy_equals_recomputing_policy(metaworld_store, tmp_path, v
     for streaming in (True, False):
         policy.streaming = streaming
         policy.reset()
-        readouts[streaming] = torch.cat([
-            policy._take({k: episode[k][t] for k in episode}, text, readout=True) for t, text in enumerate(instructions)
-        ])  # fmt: skip
+        steps = [({k: episode[k][t] for k in episode}, text) for t, text in enumerate(instructions)]
+        readouts[streaming] = torch.cat([policy._take(obs, text, readout=True)[0] for obs, text in steps])
     torch.testing.assert_close(readouts[True], readouts[False], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow
 def test_compiled_inference_equals_eager_streaming(metaworld_store, tmp_path):
-    """`compile_inference` (the streaming step compiled as one graph with frozen weights) reads out what the
-    eager streaming step does, across the ring buffer's wrap, steps that only observe and an instruction change;
-    a recomputing policy is refused in one line."""
+    """`compile_inference` (on a CPU the streaming step compiled ahead of time by AOTInductor, weights folded in)
+    reads out and acts as the eager streaming step does, across the ring buffer's wrap, steps that only observe
+    and an instruction change; a recomputing policy is refused in one line."""
     policy, store = make_policy(metaworld_store, tmp_path)
     policy.eval()
     episode = store.episode(1)
     instructions = ["close it"] * 7 + ["a new instruction"] * 2  # history 3: the ring wraps twice
     reads = [t % 3 != 1 for t in range(len(instructions))]  # every third step only observes (between chunks)
-    readouts = {}
+    readouts, actions = {}, {}
     for compiled in (False, True):
         if compiled:
             policy.compile_inference()
@@ -146,9 +146,11 @@ def test_compiled_inference_equals_eager_streaming(metaworld_store, tmp_path):
         taken = [policy._take({k: episode[k][t] for k in episode}, text, readout=read)
                  for t, (text, read) in enumerate(zip(instructions, reads))]  # fmt: skip
         assert [h is not None for h in taken] == reads
-        readouts[compiled] = torch.cat([h for h in taken if h is not None])
-    assert callable(policy._compiled_step)
+        readouts[compiled] = torch.cat([h for h, _ in filter(None, taken)])
+        actions[compiled] = torch.stack([a for _, a in filter(None, taken)])
+    assert isinstance(policy._compiled_step, AotStep) and len(policy._compiled_step._runners) == 1  # one graph
     torch.testing.assert_close(readouts[True], readouts[False], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actions[True], actions[False], atol=1e-4, rtol=1e-4)
     policy.streaming = False
     with pytest.raises(UserError, match="needs a streaming policy"):
         policy.compile_inference()

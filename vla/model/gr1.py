@@ -33,16 +33,15 @@ class StreamCache:
     """Keys/values of the prefix and of the last `history` timesteps' observation tokens, per layer, in
     buffers allocated once per episode: (B, n_head, n_prefix + history x n_obs, head_dim), the prefix
     first, then one slot of n_obs tokens per timestep, used as a ring (timestep t in slot t % history).
-    A step writes its tokens into its slot and attends over the whole buffer; the attention bias, built
-    once per pattern of slot ages and number of readouts, masks what it may not read. A cache serves one
-    episode of fixed weights (inference): the bias is made from the time-bias weights it was built with."""
+    A step writes its tokens into its slot and attends over the whole buffer; the attention bias (one per
+    pattern of slot ages and number of readouts, kept by `GR1` across episodes) masks what it may not read.
+    A cache serves one episode of fixed weights (inference)."""
 
     prefix: list[KV]
     kv: list[KV] | None = None  # the buffers, allocated by the first observation
     slots: list[torch.Tensor] = field(default_factory=list)  # each slot's buffer positions (n_obs,), long
     slot_step: list[int] = field(default_factory=list)  # the timestep each slot holds; -1: empty
     next_step: int = 0
-    bias: dict = field(default_factory=dict)  # (readouts, slot ages) -> additive bias (1, n_head, Lq, Lk)
 
     def allocate(self, n_obs: int, history: int) -> None:
         n_prefix = self.prefix[0][0].shape[2]
@@ -94,6 +93,10 @@ class GR1(nn.Module):
         self.contrastive = ContrastiveHead(d, lang_dim) if vocab is not None and cfg.contrastive_weight > 0 else None
         self.grounding = GroundingHead(d) if cfg.grounding_weight > 0 else None
         self.apply(_init_weights)
+        # Streaming's attention biases, built once per slot pattern; valid while the time-bias weights are
+        # the ones they were built from (see `_stream_bias`).
+        self._stream_biases: dict = {}
+        self._stream_biases_of: tuple | None = None
 
     @staticmethod
     def _decoder(cfg: PolicyConfig, image_size: int) -> nn.Module:
@@ -216,11 +219,22 @@ class GR1(nn.Module):
         # Slot ages relative to this step (0: this one); an empty slot counts as a future step, which the
         # rules never let anything read.
         ages = tuple(s - t if s >= 0 else 1 for s in cache.slot_step)
-        if (n_readout, ages) not in cache.bias:
-            n_prefix = cache.prefix[0][0].shape[2]
-            rules = self._stream_rules(n_prefix, n_obs, ages, n_readout, cache.prefix[0][0].device)
-            cache.bias[(n_readout, ages)] = self.trunk.bias_of(*rules).to(cache.prefix[0][0].dtype)
-        return cache.bias[(n_readout, ages)], cache.slots[slot]
+        return self._stream_bias(cache.prefix[0][0], n_obs, ages, n_readout), cache.slots[slot]
+
+    def _stream_bias(self, prefix_keys: torch.Tensor, n_obs: int, ages: tuple, n_readout: int) -> torch.Tensor:
+        """The additive bias of a streaming pass (1, n_head, n_obs + n_readout, buffer length), `prefix_keys`
+        (B, n_head, n_prefix, head_dim) giving the prefix's length, device and dtype. Building one takes ~0.3 ms
+        on a CPU, so each is kept for later steps and episodes, until the time-bias weights change: an in-place
+        update (an optimiser step, load_state_dict) bumps their version, a replaced tensor has a new address."""
+        weights = self.trunk.time_bias
+        if self._stream_biases_of != (weights.data_ptr(), weights._version):
+            self._stream_biases, self._stream_biases_of = {}, (weights.data_ptr(), weights._version)
+        n_prefix, device, dtype = prefix_keys.shape[2], prefix_keys.device, prefix_keys.dtype
+        key = (n_prefix, n_obs, ages, n_readout, device, dtype)
+        if key not in self._stream_biases:
+            rules = self._stream_rules(n_prefix, n_obs, ages, n_readout, device)
+            self._stream_biases[key] = self.trunk.bias_of(*rules).to(dtype)
+        return self._stream_biases[key]
 
     def stream_trunk(self, obs: torch.Tensor, readout: torch.Tensor | None, bias: torch.Tensor, kv: list[KV],
                      write: torch.Tensor) -> torch.Tensor | None:  # fmt: skip

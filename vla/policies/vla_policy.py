@@ -32,10 +32,11 @@ from vla import keys
 from vla.errors import UserError
 from vla.model.encoders import SentenceEncoder
 from vla.model.gr1 import GR1, StreamCache
-from vla.model.heads import masked_mean
+from vla.model.heads import ActionHead, masked_mean
 from vla.model.text import CAPTION_PROMPT
 from vla.policies.augment import shift_window
 from vla.policies.base import Prediction
+from vla.policies.compiled_step import AotStep, jit_step
 from vla.policies.config import PolicyConfig, resolve_gripper
 from vla.policies.normalizer import Normalizer
 
@@ -286,20 +287,18 @@ class VLAPolicy(nn.Module):
 
     # --- inference -----------------------------------------------------------------------------------
     def compile_inference(self) -> VLAPolicy:
-        """torch.compile the streaming step for inference: the new observation's normalisation and encoding
-        (every camera, the state) and the trunk's pass over it, as one graph (`_stream_forward`), by Inductor
-        with weight freezing (the weights become constants). The first steps compile (seconds to tens of
-        seconds on a CPU; see the README's inference table); a step compiles again only for a new shape
-        (observing without reading out). The compiled code holds the weights it was compiled with, so its
-        guards skip the modules (`skip_guard_on_all_nn_modules_unsafe`: a cheaper check every step): compile
-        last, after loading weights and moving the policy to its device. The policy is put in eval mode;
-        training and gradients never use the compiled step. Raises UserError for a policy that recomputes the
-        window (its shapes change with every step)."""
+        """Compile the streaming step for inference: the new observation's normalisation and encoding (every
+        camera, the state) and the trunk's pass over it (`_stream_forward`), as one graph with the weights
+        folded in as constants. On a CPU ahead of time by AOTInductor (`compiled_step.AotStep`: no guards or
+        Python between kernels), elsewhere, or where torch.export cannot trace the step, by torch.compile.
+        The first step compiles (tens of seconds on 2 cores; see the README's inference table). The compiled
+        step holds the weights it was compiled with: compile last, after loading weights and moving the policy
+        to its device. The policy is put in eval mode; training and gradients never use the compiled step.
+        Raises UserError for a policy that recomputes the window (its shapes change with every step)."""
         if not self.streaming:
             raise UserError("compiled inference needs a streaming policy: the full window's shapes grow every step")
         self.eval()
-        options = {"freezing": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-        self._compiled_step = torch.compile(self._stream_forward, options=options, dynamic=False)
+        self._compiled_step = AotStep(self) if self._device().type == "cpu" else jit_step(self)
         return self
 
     def reset(self) -> None:
@@ -317,10 +316,12 @@ class VLAPolicy(nn.Module):
     @torch.no_grad()
     def predict(self, obs: dict[str, np.ndarray], instruction: str) -> Prediction:
         """Observe, then predict the action chunk and the foreseen frames at this step."""
-        return self._decode(self._take(obs, instruction, readout=True))
+        return self._decode(*self._take(obs, instruction, readout=True))
 
     @torch.no_grad()
-    def _take(self, obs: dict[str, np.ndarray], instruction: str, readout: bool) -> torch.Tensor | None:
+    def _take(self, obs: dict[str, np.ndarray], instruction: str, readout: bool) -> tuple | None:
+        """One observation into the history (and the cache) -> with `readout`, (the readout states (1, n_readout',
+        d), the raw-unit action chunk (chunk, A) where the streaming step computes it, else None); else None."""
         step = {k: torch.as_tensor(np.asarray(obs[k]))[None, None].to(self._device()) for k in self._obs_keys()}
         self._history.append(step)
         if not self.streaming:
@@ -329,7 +330,7 @@ class VLAPolicy(nn.Module):
             window = {k: torch.cat([s[k] for s in self._history], dim=1) for k in self._obs_keys()}
             lang = self._lang([instruction])
             tokens = self._observation_tokens(window, lang)
-            return self.model(lang, tokens, readouts="last", foresight=self.foresee)[:, -1]
+            return self.model(lang, tokens, readouts="last", foresight=self.foresee)[:, -1], None
         if self._cache is None or instruction != self._instruction:
             # A new instruction changes the prefix every cached token read (and, with FiLM, the image
             # tokens themselves): rebuild from the history.
@@ -337,28 +338,37 @@ class VLAPolicy(nn.Module):
             self._cache = self.model.start_stream(self._cache_lang)
             for past in list(self._history)[:-1]:
                 self.model.stream_observe(self._cache, self._observation_tokens(past, self._cache_lang)[:, 0])
-        queries = self.model.readout_slots[self.model.layout.readout_slice(True, self.foresee)] if readout else None
-        bias, write = self.model.stream_slot(self._cache, self._n_obs, 0 if queries is None else len(queries))
         # The compiled step holds eval-mode weights frozen at compile time: never for a policy put back in training.
-        forward = self._stream_forward if self.training else getattr(self, "_compiled_step", self._stream_forward)
-        return forward(step, self._cache_lang, queries, bias, self._cache.kv, write)
+        compiled = None if self.training else getattr(self, "_compiled_step", None)
+        # A compiled step always reads out (a tick that only observes drops the readouts): one graph serves both.
+        read = readout or compiled is not None
+        queries = self.model.readout_slots[self.model.layout.readout_slice(True, self.foresee)] if read else None
+        bias, write = self.model.stream_slot(self._cache, self._n_obs, 0 if queries is None else len(queries))
+        taken = (compiled or self._stream_forward)(step, self._cache_lang, queries, bias, self._cache.kv, write)
+        return taken if readout else None
 
     def _stream_forward(self, step: dict, lang: torch.Tensor, queries: torch.Tensor | None, bias: torch.Tensor,
-                        kv: list, write: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
+                        kv: list, write: torch.Tensor) -> tuple | None:  # fmt: skip
         """One streaming step's arithmetic (what `compile_inference` compiles): raw (1, 1, ...) observations ->
         observation tokens -> `GR1.stream_trunk` (the slot's `bias`, `kv` buffers and `write` positions from
-        `GR1.stream_slot`) -> the readout states (1, n_readout', d), or None without `queries`."""
-        return self.model.stream_trunk(self._observation_tokens(step, lang)[:, 0], queries, bias, kv, write)
+        `GR1.stream_slot`) -> (the readout states (1, n_readout', d), the raw-unit action chunk (chunk, A) of a
+        regression head, else None: sampling a flow head stays outside), or None without `queries`."""
+        h = self.model.stream_trunk(self._observation_tokens(step, lang)[:, 0], queries, bias, kv, write)
+        if h is None:
+            return None
+        regress = isinstance(self.model.action_head, ActionHead)
+        return h, self._actions(self.model.split_readouts(h, foresight=self.foresee)[1]) if regress else None
 
     def _obs_keys(self) -> list[str]:
         return [*self.image_keys, *([keys.OBS_STATE] if keys.OBS_STATE in self.features else [])]
 
-    def _decode(self, h: torch.Tensor) -> Prediction:
-        """Readout states (1, n_readout, d) -> raw-unit actions and, per horizon, uint8 frames."""
+    def _decode(self, h: torch.Tensor, actions: torch.Tensor | None = None) -> Prediction:
+        """Readout states (1, n_readout, d) and the raw-unit action chunk where already computed (`_take`) ->
+        raw-unit actions and, per horizon, uint8 frames."""
         obs_readouts, act = self.model.split_readouts(h, foresight=self.foresee)
         if self.model.action_head is None:  # pretrained on video alone: it foresees, it does not act
             actions = torch.zeros(0, 0)
-        else:
+        elif actions is None:
             actions = self._actions(act)
         offsets = self.config.foresight_offsets
         foresight = {offset: {} for offset in offsets} if self.foresee else {}
