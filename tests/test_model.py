@@ -6,6 +6,7 @@ import torch
 from vla.config import load_config
 from vla.errors import UserError
 from vla.model.encoders import SpatialSoftmax, VisionEncoder, conv_stem, sincos_2d
+from vla.model.gpt import attention, attention_probs
 from vla.model.gr1 import GR1
 from vla.model.layout import TokenLayout
 
@@ -165,6 +166,26 @@ def test_streaming_biases_outlive_an_episode_but_not_a_change_of_weights():
         episode()
         model.trunk.time_bias = torch.nn.Parameter(torch.randn_like(model.trunk.time_bias))
         episode()
+
+
+def test_bfloat16_attention_on_a_cpu_is_softmax_attention_forward_and_backward():
+    """Under bf16 autocast on a CPU `attention` takes torch's math backend (its fused kernel is slower there): the
+    output and the gradients are softmax(q k^T / sqrt(d) + bias) v's, computed in float32, to bf16's precision,
+    masked keys (-inf) included."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 16, generator=g) for _ in range(3))
+    bias = torch.randn(1, 2, 5, 5, generator=g).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        leaves = [t.clone().to(dtype).requires_grad_() for t in (q, k, v)]
+        if dtype == torch.float32:  # the reference: the probabilities written out
+            out = attention_probs(*leaves[:2], bias) @ leaves[2]
+        else:
+            out = attention(*leaves, bias.to(dtype))
+        out.float().square().sum().backward()
+        grads[dtype] = [out.float(), *(t.grad.float() for t in leaves)]
+    for bf16, fp32 in zip(grads[torch.bfloat16], grads[torch.float32]):
+        torch.testing.assert_close(bf16, fp32, atol=0.05 * fp32.abs().max().item(), rtol=0.05)
 
 
 def test_loading_the_sentence_encoder_prints_nothing(capfd):

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from torch import nn
 
 from vla.errors import UserError
-from vla.model.gpt import MLP, Block, ZeroLinear, attention_probs
+from vla.model.gpt import MLP, Block, ZeroLinear, attention, attention_probs
 
 if TYPE_CHECKING:  # the policy config imports nothing of the model; only the type hint needs it
     from vla.policies.config import PolicyConfig
@@ -39,7 +39,7 @@ class CrossAttention(nn.Module):
         k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.n_head)
         if self.keep_probs:
             self.probs = attention_probs(q, k)
-        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)"))
+        return self.proj(rearrange(attention(q, k, v), "b h l d -> b l (h d)"))
 
 
 class PerceiverResampler(nn.Module):
