@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
     parser.add_argument("--foresight", action="store_true", help="also decode the foreseen frame every step")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the streaming step (compile_inference)")
+    parser.add_argument(
+        "--compile", action="store_true", help="compile the streaming step (compile_inference: AOTInductor on a CPU)"
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     info = machine()

@@ -43,8 +43,9 @@ class ControlConfig:
     task: str | None = option(None, help="sim: the task (default: the policy's first eval task)")
     seed: int | None = option(None, min=0, help="sim: the episode seed (default: the robot config's)")
     threads: int | None = option(None, min=1, help="torch threads (default: cores - 1, at most 4)")
-    compile: bool = option(False, help="torch.compile the policy's streaming step before the loop starts "
-                           "(tens of seconds; faster steps: see the README's inference table)")  # fmt: skip
+    compile: bool = option(False, help="compile the policy's streaming step before the loop starts (on a "
+                           "CPU ahead of time: 1-2 min on 2 cores; faster steps: see the README's inference "
+                           "table)")  # fmt: skip
     record: str | None = option(None, metavar="STORE", help="append the run to this store as an episode")
     success: str | None = option(None, choices=("yes", "no"), help="the recorded episode's label (default: the "
                                  "sim's)")  # fmt: skip
