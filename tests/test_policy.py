@@ -156,6 +156,32 @@ def test_compiled_inference_equals_eager_streaming(metaworld_store, tmp_path):
         policy.compile_inference()
 
 
+@pytest.mark.slow
+def test_a_step_that_cannot_be_exported_is_compiled_just_in_time(metaworld_store, tmp_path, monkeypatch, caplog):
+    """Where torch.export fails (an operator it cannot trace), `compile_inference` says so in one warning and
+    the step runs through torch.compile, reading out what the eager step does."""
+    policy, store = make_policy(metaworld_store, tmp_path)
+    policy.eval()
+    episode = store.episode(1)
+    steps = [{k: episode[k][t] for k in episode} for t in range(4)]
+    policy.reset()
+    eager = torch.cat([policy._take(obs, "close it", readout=True)[0] for obs in steps])
+
+    def cannot(*args, **kwargs):
+        raise RuntimeError("an operator export cannot trace\nits long explanation")
+
+    monkeypatch.setattr(torch.export, "export", cannot)
+    policy.compile_inference()
+    policy.reset()
+    with caplog.at_level("WARNING", logger="vla.policies.compiled_step"):
+        compiled = torch.cat([policy._take(obs, "close it", readout=True)[0] for obs in steps])
+    assert [r.getMessage() for r in caplog.records] == [
+        "the streaming step cannot be exported (an operator export cannot trace); using torch.compile"
+    ]
+    assert policy._compiled_step._fallback is not None and not policy._compiled_step._runners
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
 def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
     straight = train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
     train(tiny_config(metaworld_store, tmp_path / "b", steps=6), progress=False, stop_at=3)  # interrupted

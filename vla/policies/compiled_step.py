@@ -63,7 +63,8 @@ class _StepModule(nn.Module):
 
 class AotStep:
     """The streaming step as an AOTInductor package, exported and compiled on the first call with a new
-    signature (tens of seconds on 2 cores; a policy's calls share one signature, see `VLAPolicy._take`).
+    signature (on 2 cores 35-45 s with Inductor's cache, about 2 min without; a policy's calls share one
+    signature, see `VLAPolicy._take`).
     The package holds the weights it was compiled with: compile after loading weights. The key/value
     buffers are written in place, as by the eager step. A step torch.export cannot trace (or a missing
     C++ toolchain) is compiled by torch.compile instead, with a warning."""

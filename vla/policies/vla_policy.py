@@ -288,10 +288,11 @@ class VLAPolicy(nn.Module):
     # --- inference -----------------------------------------------------------------------------------
     def compile_inference(self) -> VLAPolicy:
         """Compile the streaming step for inference: the new observation's normalisation and encoding (every
-        camera, the state) and the trunk's pass over it (`_stream_forward`), as one graph with the weights
-        folded in as constants. On a CPU ahead of time by AOTInductor (`compiled_step.AotStep`: no guards or
-        Python between kernels), elsewhere, or where torch.export cannot trace the step, by torch.compile.
-        The first step compiles (tens of seconds on 2 cores; see the README's inference table). The compiled
+        camera, the state), the trunk's pass over it and a regression head's actions (`_stream_forward`), as
+        one graph with the weights folded in as constants. On a CPU ahead of time by AOTInductor
+        (`compiled_step.AotStep`: no guards or Python between kernels), elsewhere, or where torch.export cannot
+        trace the step, by torch.compile. The first step compiles (on 2 cores 35-45 s with Inductor's cache,
+        about 2 min without; see the README's inference table). The compiled
         step holds the weights it was compiled with: compile last, after loading weights and moving the policy
         to its device. The policy is put in eval mode; training and gradients never use the compiled step.
         Raises UserError for a policy that recomputes the window (its shapes change with every step)."""

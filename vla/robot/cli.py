@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -215,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         robot.connect()
         instruction = instruction or robot.instruction
         loop_cfg = replace(loop_cfg, instruction=instruction)
+        if cmd.compile and not args.quiet:
+            print("vla control: warming up, compiling the streaming step first (1-2 min on 2 cores)", file=sys.stderr)
         report = ControlLoop(robot, policy, cfg.shield, loop_cfg, recorder, progress=not args.quiet).run()
         info = getattr(robot, "info", None)  # the sim's sticky success also covers the last step
         if isinstance(info, dict) and info.get(keys.SUCCESS):

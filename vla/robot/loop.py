@@ -107,6 +107,7 @@ class ControlLoop:
         self.t0, k = time.monotonic(), 0
         try:
             self._warm_up()
+            bar.reset(total=total)  # its rate from the clock's start: the warm-up may build a compiled step
             if self.worker is not None:
                 self.worker.start()
             self.t0 = time.monotonic()

@@ -75,7 +75,7 @@ def format_report(r: ControlReport, robot: str, recorded: dict | None = None, ma
         f"{r.duration_s:.1f} s; ended: {r.stop_reason}" + ("" if r.success is None else f"; success {r.success}"),
         f"  loop jitter p50 / p99      {_fmt(r.jitter_p50_ms)} / {_fmt(r.jitter_p99_ms)} ms",
         f"  inference p50 / p99        {_fmt(r.inference_p50_ms)} / {_fmt(r.inference_p99_ms)} ms "
-        f"({r.inferences} calls)",
+        f"({r.inferences} calls; warm-up before the clock {r.warmup_s:.1f} s)",
         f"  observation->action p50/99 {_fmt(r.obs_to_action_p50_ms)} / {_fmt(r.obs_to_action_p99_ms)} ms",
         f"  clamped {r.clamped}, held {r.holds}, safe stops {r.safe_stops}, dropped actions {r.dropped_actions}, "
         f"waiting {r.waiting_ticks}, missed ticks {r.missed_ticks}",
