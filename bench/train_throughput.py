@@ -1,6 +1,7 @@
 """Training throughput: samples/s and achieved FLOP/s against the matmul peak measured in the same run.
 
     python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 20] [--repeats 3]
+        [--profile]
 
 FLOPs per step are counted by torch's FlopCounterMode over one forward and backward (matmuls,
 convolutions, attention); the peak is the best of large square matmuls timed here, in bf16 where the
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating timings of the peak and of training")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (also off where bf16 is not native)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the policy")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators over 3 steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
     args = parser.parse_args()
@@ -115,7 +117,24 @@ def main() -> None:
     r = result
     print(f"{args.preset:8s} {args.batch:5d} {r['step_ms']:8.1f} {r['samples_per_s']:10.1f} "
           f"{r['achieved_tflops']:8.3f} {r['peak_tflops']:7.2f} {r['fraction_of_peak']:8.1%}")  # fmt: skip
+    if args.profile:
+        print_profile(model, opt, batch, device, bf16)
     print(json.dumps(result))
+
+
+def print_profile(model, opt, batch, device: str, bf16: bool, steps: int = 3, top: int = 15) -> None:
+    """Where a training step's time goes: torch.profiler's operators by their own time over `steps` steps,
+    as a share of the whole."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(model, opt, batch, device, bf16)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"torch.profiler, {steps} steps: operators by own CPU time")
+    for e in ops[:top]:
+        print(f"  {e.key[:60]:60s} {e.self_cpu_time_total / total:6.1%} {e.count // steps:5d} calls/step")
 
 
 if __name__ == "__main__":
