@@ -42,6 +42,19 @@ def test_mask_truth_table():
     assert layout.mask(2).int().tolist() == expected
 
 
+@pytest.mark.parametrize("text", [0, 3])
+def test_the_attention_rules_are_the_same_under_torch_compile(text):
+    """Dynamo once evaluated `tensor[None, :] == Kind.PREFIX` to a Python False, which `|` broadcast into
+    a mask where nothing read the instruction; traced, the rules must equal the eager ones."""
+    model = make_model(history=3)
+    kind, step = model.layout.tokens(3, "last", text=text)
+    eager = model.trunk.rules(kind, step, kind, step)
+    traced = torch.compile(model.trunk.rules, backend="eager", fullgraph=True)(kind, step, kind, step)
+    for got, want in zip(traced, eager):
+        assert torch.equal(got, want)
+    assert eager[0][0, :, 0].all()  # every token reads the prefix
+
+
 def test_no_future_leakage():
     model = make_model(history=5)
     images, state, lang = inputs()

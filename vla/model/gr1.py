@@ -162,7 +162,7 @@ class GR1(nn.Module):
         if step_is_pad is not None:
             k_pad = step_is_pad[:, step.clamp(min=0)] & (step >= 0)
         h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step, k_pad=k_pad))
-        return h[:, kind == Kind.READOUT].unflatten(1, (-1, readout.shape[2]))
+        return h[:, kind == int(Kind.READOUT)].unflatten(1, (-1, readout.shape[2]))
 
     def text_states(self, lang: torch.Tensor, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Captioning: lang (B, lang_dim) prompt, obs (B, 1, n_obs', d) one image's tokens, ids (B, L)
@@ -176,7 +176,7 @@ class GR1(nn.Module):
         x = torch.cat([self.prefix_tokens(lang), obs.flatten(1, 2), self.text.embed(ids)], dim=1)
         kind, step = (t.to(x.device) for t in self.layout.tokens(T, "none", n_obs=obs.shape[2], text=ids.shape[1]))
         h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step))
-        return h[:, kind == Kind.TEXT], h[:, kind == Kind.OBS]
+        return h[:, kind == int(Kind.TEXT)], h[:, kind == int(Kind.OBS)]
 
     # --- streaming -----------------------------------------------------------------------------------
     def start_stream(self, lang: torch.Tensor) -> StreamCache:
