@@ -2,7 +2,7 @@
 whole window, at history 10, for the `small` and `gr1` presets; and the largest difference between
 the actions the two produce on the same observations.
 
-    python bench/inference.py [--presets small,gr1] [--steps 40] [--repeats 3] [--device cpu] [--compile]
+    python bench/inference.py [--presets small,gr1] [--steps 40] [--repeats 5] [--device cpu] [--compile]
 
 Each step is one `policy.predict` on a new observation: the action chunk, plus the foreseen frame
 when --foresight is given. The two paths alternate, `--repeats` times; each figure is the median over
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the first paragraph
     parser.add_argument("--presets", default="small,gr1")
     parser.add_argument("--steps", type=int, default=40, help="policy steps per path and repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of the two paths")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs of the two paths")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")
     parser.add_argument("--foresight", action="store_true", help="also decode the foreseen frame every step")

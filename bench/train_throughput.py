@@ -1,6 +1,6 @@
 """Training throughput: samples/s and achieved FLOP/s against the matmul peak measured in the same run.
 
-    python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 20] [--repeats 3]
+    python bench/train_throughput.py [--preset small] [--batch 32] [--history 4] [--steps 10] [--repeats 5]
         [--profile]
 
 FLOPs per step are counted by torch's FlopCounterMode over one forward and backward (matmuls,
@@ -59,10 +59,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--history", type=int, default=4)
     parser.add_argument("--chunk", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of the peak and of training")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating timings of the peak and of training")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (also off where bf16 is not native)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the policy")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the policy (as train.compile)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators over 3 steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--language-model", default="minilm", help="minilm (the wheel's) or a local model directory")

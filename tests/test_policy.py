@@ -192,6 +192,16 @@ def test_resume_reproduces_an_uninterrupted_run(metaworld_store, tmp_path):
         train(tiny_config(metaworld_store, tmp_path / "a", steps=6), progress=False)
 
 
+@pytest.mark.slow  # builds the training pass with Inductor: about a minute on 2 cores
+def test_a_compiled_training_pass_trains_as_the_eager_one(metaworld_store, tmp_path):
+    """train.compile: the same losses step by step as without it (float32), and a checkpoint that loads."""
+    eager = train(tiny_config(metaworld_store, tmp_path / "eager", steps=3), progress=False)
+    compiled = train(tiny_config(metaworld_store, tmp_path / "compiled", steps=3, compile=True), progress=False)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    loaded = load_policy(tmp_path / "compiled")
+    assert set(loaded.state_dict()) == set(load_policy(tmp_path / "eager").state_dict())
+
+
 def test_cli_train_then_eval(metaworld_store, tmp_path, capsys, caplog):
     run = tmp_path / "run"
     overrides = ["policy.preset=tiny", "policy.history=2", "policy.chunk=4", "policy.n_action_steps=4",

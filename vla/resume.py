@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 
 # What a resume may change: how far the run goes, the directory it continues (a copy of a run resumes as
 # itself), what is logged, saved and evaluated on the way, the device, and how many processes load the
-# data (the batches do not depend on it). Everything else decides the weights and is the run's own.
+# data (the batches do not depend on it); whether the pass is compiled (`train.compile`: the same arithmetic,
+# rounded within float tolerance, like another device). Everything else decides the weights and is the run's own.
 RESUME_MAY_CHANGE = ("train.steps", "train.out", "train.log_every", "train.val_every", "train.save_every",
-                     "train.device", "data.num_workers")  # fmt: skip
+                     "train.device", "train.compile", "data.num_workers")  # fmt: skip
 
 
 def _may_change(key: str) -> bool:

@@ -149,6 +149,10 @@ def _start(cfg: Config, resume: bool, init: str | None, result: TrainResult) -> 
     if step > cfg.train.steps:
         raise UserError(f"{out} is at step {step}, past train.steps {cfg.train.steps}: set train.steps above it")
     model = _data_parallel(policy, device) if world > 1 else policy
+    if cfg.train.compile:  # the wrapper runs the pass; checkpoints, EMA and validation use `policy` itself
+        model = torch.compile(model)
+        if rank == 0:
+            log.info("train.compile: the first step builds the training pass (a minute or two on 2 CPU cores)")
     bf16 = use_bf16(cfg, device)
     if rank == 0:
         log.info(run_summary(cfg, train_set, val_set, policy, device, bf16, world, step))

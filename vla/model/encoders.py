@@ -270,6 +270,9 @@ class SentenceEncoder:
         for text, vector in embeddings.items():
             self.cache.setdefault(text, vector.float())
 
+    # Never traced by torch.compile (`train.compile`): a lookup of strings, and a model imported lazily, which
+    # Dynamo cannot import while tracing.
+    @torch.compiler.disable
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """texts -> (len(texts), dim) float32 on the CPU."""

@@ -146,7 +146,7 @@ class VLAPolicy(nn.Module):
                  "contrastive": weights.contrastive_weight, "grounding": weights.grounding_weight}  # fmt: skip
         loss = sum(scale[name] * value for name, value in losses.items())
         metrics.update({f"loss_{name}": value.detach() for name, value in losses.items()})
-        return loss, {k: float(v) for k, v in metrics.items()}
+        return loss, _as_floats(metrics)
 
     def _window_losses(self, batch: dict) -> tuple[dict, dict]:
         """Robot or video windows: the action loss where the batch has actions, foresight where it has
@@ -392,3 +392,8 @@ class VLAPolicy(nn.Module):
             low, high = self.normalizer.stat(keys.ACTION, "min")[-1], self.normalizer.stat(keys.ACTION, "max")[-1]
             actions[:, -1] = torch.where(closed, high, low)
         return actions
+
+
+@torch.compiler.disable  # one host sync per metric: left out of a compiled training pass (`train.compile`)
+def _as_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
