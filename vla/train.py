@@ -151,13 +151,14 @@ def _start(cfg: Config, resume: bool, init: str | None, result: TrainResult) -> 
     model = _data_parallel(policy, device) if world > 1 else policy
     if cfg.train.compile:  # the wrapper runs the pass; checkpoints, EMA and validation use `policy` itself
         model = torch.compile(model)
-        if rank == 0:
-            log.info("train.compile: the first step builds the training pass (a minute or two on 2 CPU cores)")
     bf16 = use_bf16(cfg, device)
     if rank == 0:
         log.info(run_summary(cfg, train_set, val_set, policy, device, bf16, world, step))
         if keys.ACTION in features:  # logged with the summary, once the run is known to start
             log.info("policy.gripper: %s (%s)", cfg.policy.gripper, "the run's, as it started" if resume else why)
+        if cfg.train.compile:
+            log.info("train.compile: the first step builds the training pass (a minute or two on 2 CPU cores), and "
+                     "each new batch shape (another store's kind, a caption's length) builds once more")  # fmt: skip
     return _Run(cfg, policy, model, opt, sched, ema, train_set, val_set, order, stats, device, bf16, rank, world,
                 step, epoch, start)  # fmt: skip
 
