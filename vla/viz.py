@@ -319,7 +319,7 @@ def attention_maps(policy, observations: list[dict[str, np.ndarray]], instructio
     kind, step = layout.tokens(T, "last")
     obs_slices = layout.group_slices(layout.observation)
     readout_slices = layout.group_slices(layout.readout)
-    first_readout = int((kind == int(Kind.READOUT)).nonzero()[0])
+    first_readout = int((kind == Kind.READOUT).nonzero()[0])
     maps = {}
     for group, rows in readout_slices.items():
         p = probs[first_readout + rows.start : first_readout + rows.stop].mean(0)  # (L,) for this readout group

@@ -139,7 +139,7 @@ class Trunk(nn.Module):
         if k_pad is not None:
             allowed = allowed & ~k_pad[:, None, :]
         dt = (q_step[:, None] - k_step[None, :]).clamp(0, self.max_history - 1)
-        return allowed, torch.where(k_kind[None, :] == int(Kind.PREFIX), self.max_history, dt)
+        return allowed, torch.where(k_kind[None, :] == Kind.PREFIX, self.max_history, dt)
 
     def bias_of(self, allowed: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
         """The additive bias of `rules`' output with the current time-bias weights."""

@@ -162,7 +162,7 @@ class GR1(nn.Module):
         if step_is_pad is not None:
             k_pad = step_is_pad[:, step.clamp(min=0)] & (step >= 0)
         h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step, k_pad=k_pad))
-        return h[:, kind == int(Kind.READOUT)].unflatten(1, (-1, readout.shape[2]))
+        return h[:, kind == Kind.READOUT].unflatten(1, (-1, readout.shape[2]))
 
     def text_states(self, lang: torch.Tensor, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Captioning: lang (B, lang_dim) prompt, obs (B, 1, n_obs', d) one image's tokens, ids (B, L)
@@ -176,13 +176,13 @@ class GR1(nn.Module):
         x = torch.cat([self.prefix_tokens(lang), obs.flatten(1, 2), self.text.embed(ids)], dim=1)
         kind, step = (t.to(x.device) for t in self.layout.tokens(T, "none", n_obs=obs.shape[2], text=ids.shape[1]))
         h, _ = self.trunk(x, self.trunk.bias(kind, step, kind, step))
-        return h[:, kind == int(Kind.TEXT)], h[:, kind == int(Kind.OBS)]
+        return h[:, kind == Kind.TEXT], h[:, kind == Kind.OBS]
 
     # --- streaming -----------------------------------------------------------------------------------
     def start_stream(self, lang: torch.Tensor) -> StreamCache:
         """Run the prefix once; its keys/values serve every later timestep (see `StreamCache`)."""
         x = self.prefix_tokens(lang)
-        kind = torch.full((x.shape[1],), int(Kind.PREFIX), device=x.device)
+        kind = torch.full((x.shape[1],), Kind.PREFIX, device=x.device)
         step = torch.full_like(kind, -1)
         _, kvs = self.trunk(x, self.trunk.bias(kind, step, kind, step))
         return StreamCache(prefix=kvs)
@@ -249,8 +249,8 @@ class GR1(nn.Module):
     def _stream_rules(self, n_prefix: int, n_obs: int, ages: tuple, n_readout: int, dev) -> tuple:
         """`Trunk.rules` for a streaming pass: queries at timestep 0 (its observation tokens, then
         `n_readout` readouts), keys the buffer (the prefix, then each slot's tokens at its age)."""
-        q_kind = [int(Kind.OBS)] * n_obs + [int(Kind.READOUT)] * n_readout
-        k_kind = [int(Kind.PREFIX)] * n_prefix + [int(Kind.OBS)] * (len(ages) * n_obs)
+        q_kind = [Kind.OBS] * n_obs + [Kind.READOUT] * n_readout
+        k_kind = [Kind.PREFIX] * n_prefix + [Kind.OBS] * (len(ages) * n_obs)
         k_step = [-1] * n_prefix + [age for age in ages for _ in range(n_obs)]
         q_kind, k_kind, k_step = (torch.tensor(v, device=dev, dtype=torch.long) for v in (q_kind, k_kind, k_step))
         return self.trunk.rules(q_kind, torch.zeros_like(q_kind), k_kind, k_step)

@@ -27,12 +27,15 @@ timestep of the window at every layer. Readouts can be dropped without changing 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 
 
-class Kind(IntEnum):
+class Kind:
+    """A token's kind, as the ints a layout's kind tensors hold. Plain ints, not an IntEnum: under torch.compile
+    (torch 2.13's Dynamo) `tensor[None, :] == <IntEnum member>` evaluates to a Python False, which `|` and
+    `torch.where` would then take for a mask."""
+
     PREFIX = 0
     OBS = 1
     READOUT = 2
@@ -42,7 +45,7 @@ class Kind(IntEnum):
 @dataclass(frozen=True)
 class Group:
     name: str  # "lang", "state", "img.<camera>", "obs.<camera>", "act"
-    kind: Kind
+    kind: int  # a Kind
     n_tokens: int
 
 
@@ -56,15 +59,12 @@ def can_attend(
 ) -> torch.Tensor:
     """The rules, broadcast over query/key token tensors of kinds, timesteps and (for text, which is
     causal within itself) sequence positions -> bool."""
-    # Compared as ints: under torch.compile, `tensor[None, :] == Kind.X` evaluates to a Python False
-    # (torch 2.13's Dynamo), which `|` would then silently broadcast.
-    prefix, obs, readout, text = int(Kind.PREFIX), int(Kind.OBS), int(Kind.READOUT), int(Kind.TEXT)
-    to_prefix = k_kind == prefix
-    obs_to_obs = (q_kind == obs) & (k_kind == obs) & (k_step == q_step)
-    readout_to_obs = ((q_kind == readout) | (q_kind == text)) & (k_kind == obs) & (k_step <= q_step)
+    to_prefix = k_kind == Kind.PREFIX
+    obs_to_obs = (q_kind == Kind.OBS) & (k_kind == Kind.OBS) & (k_step == q_step)
+    readout_to_obs = ((q_kind == Kind.READOUT) | (q_kind == Kind.TEXT)) & (k_kind == Kind.OBS) & (k_step <= q_step)
     allowed = to_prefix | obs_to_obs | readout_to_obs
     if q_pos is not None and k_pos is not None:
-        allowed = allowed | ((q_kind == text) & (k_kind == text) & (k_pos <= q_pos))
+        allowed = allowed | ((q_kind == Kind.TEXT) & (k_kind == Kind.TEXT) & (k_pos <= q_pos))
     return allowed
 
 
